@@ -1,0 +1,3 @@
+//! Devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device { Cpu }

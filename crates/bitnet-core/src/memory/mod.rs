@@ -1,0 +1,1 @@
+//! Memory pool (being written)

@@ -1,0 +1,5 @@
+//! Shapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape(pub Vec<usize>);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout;
