@@ -1,0 +1,337 @@
+//! Ternary kernels: every available path equals the scalar reference exactly, and the
+//! scalar reference equals a naive dot over unpacked trits.
+
+use bitnet_core::cpu::{self, KernelPath};
+use bitnet_core::nn::bitlinear::{BitLinear, QuantizedActs};
+use bitnet_core::nn::norm::{rmsnorm, rmsnorm_quantize};
+use bitnet_core::quant::act;
+use bitnet_core::quant::ternary::{TernaryLayout, TernaryMatrix};
+use bitnet_core::{Error, SharedBytes};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use std::sync::Mutex;
+
+const LAYOUTS: [TernaryLayout; 2] = [TernaryLayout::I2S, TernaryLayout::T1];
+
+/// The SIMD paths to compare with the scalar reference; unavailable ones are reported.
+fn simd_paths(test: &'static str) -> Vec<KernelPath> {
+    let mut v = Vec::new();
+    for p in [KernelPath::Avx2, KernelPath::Avx512Vnni, KernelPath::Amx] {
+        if p.is_available() {
+            v.push(p);
+        } else {
+            skipped(test, p);
+        }
+    }
+    v
+}
+
+/// Report an unavailable path on stderr directly: the test harness captures `println!`
+/// and `eprintln!` of passing tests, but not writes to the stderr handle itself, so the
+/// line shows in a plain `cargo test` run. Once per test and path (proptest calls the
+/// test body many times).
+fn skipped(test: &'static str, p: KernelPath) {
+    use std::io::Write;
+    static SEEN: Mutex<Vec<(&str, KernelPath)>> = Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.contains(&(test, p)) {
+        seen.push((test, p));
+        let _ = writeln!(std::io::stderr(), "skipped: {p} not available ({test})");
+    }
+}
+
+/// Naive Σ q·x over unpacked trits, independent of any packing.
+fn naive_gemm(q: &[i8], n: usize, k: usize, x: &[i8], m: usize) -> Vec<i32> {
+    let mut out = vec![0i32; m * n];
+    for i in 0..m {
+        for r in 0..n {
+            out[i * n + r] = (0..k)
+                .map(|c| q[r * k + c] as i32 * x[i * k + c] as i32)
+                .sum();
+        }
+    }
+    out
+}
+
+fn check_all_paths(q: &[i8], n: usize, k: usize, x: &[i8], m: usize, paths: &[KernelPath]) {
+    let want = naive_gemm(q, n, k, x, m);
+    for layout in LAYOUTS {
+        let w = TernaryMatrix::from_trits(q, n, k, 0.5, layout).unwrap();
+        for &p in std::iter::once(&KernelPath::Scalar).chain(paths) {
+            let mut out = vec![0i32; m * n];
+            w.gemm_with(p, x, m, &mut out).unwrap();
+            assert_eq!(out, want, "gemm {layout:?} {p} n={n} k={k} m={m}");
+            for i in 0..m {
+                let mut o = vec![0i32; n];
+                w.gemv_with(p, &x[i * k..(i + 1) * k], &mut o).unwrap();
+                assert_eq!(
+                    o,
+                    want[i * n..(i + 1) * n],
+                    "gemv {layout:?} {p} n={n} k={k} row {i}"
+                );
+            }
+        }
+    }
+}
+
+fn trits(len: usize) -> impl Strategy<Value = Vec<i8>> {
+    prop::collection::vec(-1i8..=1, len)
+}
+
+fn problem() -> impl Strategy<Value = (usize, usize, usize, Vec<i8>, Vec<i8>)> {
+    (1usize..300, 1usize..700, 1usize..20).prop_flat_map(|(n, k, m)| {
+        (
+            Just(n),
+            Just(k),
+            Just(m),
+            trits(n * k),
+            prop::collection::vec(any::<i8>(), m * k),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_path_matches_reference((n, k, m, q, x) in problem()) {
+        let paths = simd_paths("every_path_matches_reference");
+        check_all_paths(&q, n, k, &x, m, &paths);
+    }
+
+    #[test]
+    fn layout_round_trips((n, k, _m, q, _x) in problem()) {
+        for layout in LAYOUTS {
+            let w = TernaryMatrix::from_trits(&q, n, k, 1.0, layout).unwrap();
+            prop_assert_eq!(w.to_trits(), q.clone());
+            prop_assert_eq!(w.nbytes(), n * layout.row_bytes(k));
+            for other in LAYOUTS {
+                let v = w.to_layout(other);
+                prop_assert_eq!(v.layout(), other);
+                prop_assert_eq!(v.to_trits(), q.clone());
+                prop_assert_eq!((v.rows(), v.cols(), v.scale()), (n, k, 1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn rmsnorm_quantize_is_rmsnorm_then_quantize(
+        x in prop::collection::vec(-100.0f32..100.0, 1..600),
+        seed in any::<u64>(),
+        eps in prop::sample::select(vec![1e-5f32, 1e-6, 0.0]),
+    ) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let w: Vec<f32> = (0..x.len()).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        let mut y = vec![0f32; x.len()];
+        rmsnorm(&x, &w, eps, &mut y);
+        let mut q1 = vec![0i8; x.len()];
+        let f1 = act::quantize(&y, &mut q1);
+        let mut q2 = vec![0i8; x.len()];
+        let f2 = rmsnorm_quantize(&x, &w, eps, &mut q2);
+        prop_assert_eq!(q1, q2);
+        prop_assert_eq!(f1.to_bits(), f2.to_bits());
+    }
+}
+
+#[test]
+fn extremes_do_not_overflow() {
+    // |Σ| up to 128·K with every maddubs pair at its extreme (±1 weights, x = −128 or 127),
+    // at a K large enough that any i16 accumulation across blocks would overflow.
+    let paths = simd_paths("extremes_do_not_overflow");
+    for &k in &[6912usize, 2560, 1000] {
+        let n = 9;
+        for &xv in &[-128i8, 127] {
+            for &qv in &[-1i8, 1] {
+                let q = vec![qv; n * k];
+                let x = vec![xv; 3 * k];
+                check_all_paths(&q, n, k, &x, 3, &paths);
+            }
+        }
+        // Alternating signs so partial sums swing both ways.
+        let q: Vec<i8> = (0..n * k)
+            .map(|i| if i % 3 == 0 { -1 } else { 1 })
+            .collect();
+        let x: Vec<i8> = (0..5 * k)
+            .map(|i| if i % 2 == 0 { -128 } else { 127 })
+            .collect();
+        check_all_paths(&q, n, k, &x, 5, &paths);
+    }
+}
+
+#[test]
+fn big_shapes_multithreaded_match_reference() {
+    // Rows above the 64-row task size and m above the 4-row tile, on 1..3 threads.
+    let paths = simd_paths("big_shapes_multithreaded_match_reference");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (n, k, m) = (261usize, 2560usize, 11usize);
+    let q: Vec<i8> = (0..n * k).map(|_| rng.random_range(-1i8..=1)).collect();
+    let x: Vec<i8> = (0..m * k).map(|_| rng.random()).collect();
+    for t in 1..=3 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap();
+        pool.install(|| check_all_paths(&q, n, k, &x, m, &paths));
+    }
+}
+
+#[test]
+fn i2s_bit_positions_match_bitnet_cpp() {
+    // Block byte j holds weights j, j+32, j+64, j+96 at shifts 6, 4, 2, 0; code = q + 1.
+    let mut bytes = vec![0x55u8; 32]; // every code 1 = weight 0
+    bytes[3] = 0b10_00_01_10; // w3 = +1, w35 = -1, w67 = 0, w99 = +1
+    let w = TernaryMatrix::from_i2s(SharedBytes::from_vec(bytes), 1, 128, 1.0).unwrap();
+    let t = w.to_trits();
+    let nonzero: Vec<(usize, i8)> = t
+        .iter()
+        .enumerate()
+        .filter(|(_, &v)| v != 0)
+        .map(|(i, &v)| (i, v))
+        .collect();
+    assert_eq!(nonzero, vec![(3, 1), (35, -1), (99, 1)]);
+    // And from_trits produces exactly those bytes.
+    let w2 = TernaryMatrix::from_trits(&t, 1, 128, 1.0, TernaryLayout::I2S).unwrap();
+    assert_eq!(w2.data().as_slice(), w.data().as_slice());
+}
+
+#[test]
+fn from_i2s_is_zero_copy_and_validates_length() {
+    let q: Vec<i8> = (0..4 * 256).map(|i| (i % 3) as i8 - 1).collect();
+    let packed = TernaryMatrix::from_trits(&q, 4, 256, 2.0, TernaryLayout::I2S).unwrap();
+    let bytes = packed.data().clone();
+    let w = TernaryMatrix::from_i2s(bytes.clone(), 4, 256, 2.0).unwrap();
+    assert_eq!(w.to_trits(), q);
+    assert_eq!(
+        w.data().as_slice().as_ptr(),
+        bytes.as_slice().as_ptr(),
+        "no copy"
+    );
+    assert_eq!(w.nbytes(), 256);
+    let short = bytes.slice(0..255).unwrap();
+    assert!(matches!(
+        TernaryMatrix::from_i2s(short, 4, 256, 2.0),
+        Err(Error::Format { .. })
+    ));
+    let long = SharedBytes::from_vec(vec![0x55; 257]);
+    assert!(matches!(
+        TernaryMatrix::from_i2s(long, 4, 256, 2.0),
+        Err(Error::Format { .. })
+    ));
+    // cols must be whole 128-weight blocks for I2_S data from files.
+    let odd = SharedBytes::from_vec(vec![0x55; 4 * 25]);
+    assert!(matches!(
+        TernaryMatrix::from_i2s(odd, 4, 100, 2.0),
+        Err(Error::Format { .. })
+    ));
+}
+
+#[test]
+fn from_trits_rejects_bad_input() {
+    assert!(matches!(
+        TernaryMatrix::from_trits(&[0, 1, 2, 0], 2, 2, 1.0, TernaryLayout::I2S),
+        Err(Error::Format { .. })
+    ));
+    assert!(matches!(
+        TernaryMatrix::from_trits(&[0, 1, -1], 2, 2, 1.0, TernaryLayout::T1),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn t1_is_smaller_than_i2s() {
+    let q = vec![1i8; 2560];
+    let a = TernaryMatrix::from_trits(&q, 1, 2560, 1.0, TernaryLayout::I2S).unwrap();
+    let b = TernaryMatrix::from_trits(&q, 1, 2560, 1.0, TernaryLayout::T1).unwrap();
+    assert_eq!(a.nbytes(), 640);
+    assert_eq!(b.nbytes(), 512);
+}
+
+#[test]
+fn kernel_shape_errors() {
+    let w = TernaryMatrix::from_trits(&[1i8; 6], 2, 3, 1.0, TernaryLayout::I2S).unwrap();
+    let mut out = [0i32; 2];
+    assert!(matches!(
+        w.gemv(&[1, 2], &mut out),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        w.gemv(&[1, 2, 3], &mut [0i32; 3]),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        w.gemm(&[1, 2, 3], 2, &mut [0i32; 4]),
+        Err(Error::Shape { .. })
+    ));
+    w.gemv(&[1, 2, 3], &mut out).unwrap();
+    assert_eq!(out, [6, 6]);
+}
+
+#[test]
+fn path_selection() {
+    let avail = cpu::available_paths();
+    assert_eq!(avail[0], KernelPath::Scalar);
+    assert!(avail.contains(&cpu::best_path()));
+    for p in KernelPath::ALL {
+        assert_eq!(KernelPath::from_name(p.name()), Some(p));
+        if p.is_available() {
+            let w = TernaryMatrix::from_trits(&[1i8; 6], 2, 3, 1.0, TernaryLayout::T1).unwrap();
+            let mut out = [0i32; 2];
+            w.gemv_with(p, &[1, 2, 3], &mut out).unwrap();
+            assert_eq!(out, [6, 6]);
+        } else {
+            skipped("path_selection", p);
+            assert!(matches!(
+                cpu::set_forced_path(Some(p)),
+                Err(Error::KernelUnavailable(_))
+            ));
+            let w = TernaryMatrix::from_trits(&[1i8; 6], 2, 3, 1.0, TernaryLayout::T1).unwrap();
+            assert!(matches!(
+                w.gemv_with(p, &[1, 2, 3], &mut [0; 2]),
+                Err(Error::KernelUnavailable(_))
+            ));
+        }
+    }
+    // Forcing an available path and clearing it again (results are identical on every
+    // path, so concurrently running tests are unaffected).
+    cpu::set_forced_path(Some(KernelPath::Scalar)).unwrap();
+    assert_eq!(cpu::active_path().unwrap(), KernelPath::Scalar);
+    cpu::set_forced_path(None).unwrap();
+}
+
+#[test]
+fn bitlinear_forward_matches_formula() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let (n, k) = (70usize, 300usize);
+    let q: Vec<i8> = (0..n * k).map(|_| rng.random_range(-1i8..=1)).collect();
+    let scale = 0.037f32;
+    let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    for layout in LAYOUTS {
+        let w = TernaryMatrix::from_trits(&q, n, k, scale, layout).unwrap();
+        for with_bias in [false, true] {
+            let lin = BitLinear {
+                weight: w.clone(),
+                bias: with_bias.then(|| bias.clone()),
+            };
+            let mut acts = QuantizedActs::new();
+            for m in [1usize, 2, 5] {
+                let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-4.0f32..4.0)).collect();
+                acts.quantize(&x, k);
+                assert_eq!(acts.rows(), m);
+                let mut out = vec![0f32; m * n];
+                lin.forward(&acts, &mut out).unwrap();
+                let acc = naive_gemm(&q, n, k, &acts.q, m);
+                for i in 0..m {
+                    for r in 0..n {
+                        let mut want = acc[i * n + r] as f32 * (scale * acts.factors[i]);
+                        if with_bias {
+                            want += bias[r];
+                        }
+                        assert_eq!(out[i * n + r].to_bits(), want.to_bits());
+                    }
+                }
+                let mut bad = vec![0f32; m * n + 1];
+                assert!(lin.forward(&acts, &mut bad).is_err());
+            }
+        }
+    }
+}
