@@ -1,1 +1,530 @@
-//! (being written)
+//! llama.cpp's `Q6_K` (GGML type id 14): super-blocks of 256 weights, 6-bit quants with
+//! one i8 scale per 16 weights and an f16 super-block scale (6.5625 bits per weight).
+//!
+//! Source: ggml-org/llama.cpp `ggml/src/ggml-common.h` (`block_q6_K { uint8_t
+//! ql[QK_K/2]; uint8_t qh[QK_K/4]; int8_t scales[QK_K/16]; ggml_half d; }`) and
+//! `ggml/src/ggml-quants.c` (`make_qx_quants`, `quantize_row_q6_K_ref`,
+//! `dequantize_row_q6_K`, `quantize_row_q8_K_ref`). Re-implemented faithfully (same
+//! float operations in the same order, `nearest_int` = round half to even, no FMA), so
+//! files we write dequantize like llama.cpp's.
+//!
+//! Layout of a super-block, per half `h` (128 weights, `ql[64h..]`, `qh[32h..]`,
+//! `scales[8h..]`), for `l < 32`: weight `l` = low nibble of `ql[l]` | bits 0-1 of `qh[l]`;
+//! `l+32` = low nibble of `ql[l+32]` | bits 2-3; `l+64` = high nibble of `ql[l]` | bits
+//! 4-5; `l+96` = high nibble of `ql[l+32]` | bits 6-7; value = `d·scale[j]·(q − 32)` with
+//! `j` = the 16-weight group.
+//!
+//! [`dot_q8k`] multiplies a row with activations quantized like llama.cpp's `Q8_K` (one f32
+//! scale per 256, values −127..=127), as llama.cpp's `ggml_vec_dot_q6_K_q8_K` does.
+
+use crate::error::{Error, Result};
+use half::f16;
+
+/// Weights per super-block.
+pub const QK_K: usize = 256;
+/// Bytes per super-block: 128 + 64 + 16 + 2.
+pub const BLOCK_BYTES: usize = 210;
+
+/// `ggml-common.h`'s `block_q6_K`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockQ6K {
+    /// Low 4 bits of the quants.
+    pub ql: [u8; QK_K / 2],
+    /// High 2 bits of the quants.
+    pub qh: [u8; QK_K / 4],
+    /// One scale per 16 weights.
+    pub scales: [i8; QK_K / 16],
+    /// f16 bits of the super-block scale.
+    pub d: u16,
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ6K>() == BLOCK_BYTES);
+
+const FMT: &str = "Q6_K";
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// Number of weights of a `rows × cols` tensor, checked (`cols % 256 == 0`, no overflow).
+pub fn check_shape(rows: usize, cols: usize) -> Result<usize> {
+    if cols % QK_K != 0 {
+        return Err(Error::format(
+            FMT,
+            format!("row length {cols} is not a multiple of {QK_K}"),
+        ));
+    }
+    rows.checked_mul(cols)
+        .filter(|n| n / QK_K <= usize::MAX / BLOCK_BYTES)
+        .ok_or_else(|| Error::format(FMT, format!("{rows}x{cols} overflows")))
+}
+
+/// Bytes of one row of `cols` weights.
+pub fn row_bytes(cols: usize) -> usize {
+    cols / QK_K * BLOCK_BYTES
+}
+
+/// Bytes of a `rows × cols` tensor.
+pub fn tensor_bytes(rows: usize, cols: usize) -> Result<usize> {
+    Ok(check_shape(rows, cols)? / QK_K * BLOCK_BYTES)
+}
+
+#[inline]
+fn nearest_int(v: f32) -> i32 {
+    v.round_ties_even() as i32
+}
+
+/// llama.cpp's `make_qx_quants` for `qw = NULL`: returns the scale and writes
+/// `L[i] = q + nmax` (0..2·nmax).
+fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], rmse_type: i32) -> f32 {
+    let n = x.len();
+    let mut max = 0f32;
+    let mut amax = 0f32;
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let mut iscale = -(nmax as f32) / max;
+    if rmse_type == 0 {
+        for i in 0..n {
+            let l = nearest_int(iscale * x[i]);
+            l_out[i] = (nmax + l.clamp(-nmax, nmax - 1)) as i8;
+        }
+        return 1.0 / iscale;
+    }
+    let weight = |v: f32| -> f32 {
+        match rmse_type {
+            1 => v * v,
+            2 => 1.0,
+            3 => v.abs(),
+            _ => v.abs().sqrt(),
+        }
+    };
+    let mut sumlx = 0f32;
+    let mut suml2 = 0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        l_out[i] = (l + nmax) as i8;
+        let w = weight(x[i]);
+        let lf = l as f32;
+        sumlx += w * x[i] * lf;
+        suml2 += w * lf * lf;
+    }
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1f32 * is as f32) / max;
+        sumlx = 0.0;
+        suml2 = 0.0;
+        for i in 0..n {
+            let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+            let w = weight(x[i]);
+            let lf = l as f32;
+            sumlx += w * x[i] * lf;
+            suml2 += w * lf * lf;
+        }
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for i in 0..n {
+                let l = nearest_int(iscale * x[i]);
+                l_out[i] = (nmax + l.clamp(-nmax, nmax - 1)) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// `quantize_row_q6_K_ref` on `x` (a multiple of 256 values) into `out`.
+pub fn quantize_row(x: &[f32], out: &mut [u8]) -> Result<()> {
+    if x.len() % QK_K != 0 || out.len() != x.len() / QK_K * BLOCK_BYTES {
+        return Err(Error::format(
+            FMT,
+            format!("quantize_row: {} values into {} bytes", x.len(), out.len()),
+        ));
+    }
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    for (xb, ob) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
+        let mut max_scale = 0f32;
+        let mut max_abs_scale = 0f32;
+        for ib in 0..QK_K / 16 {
+            let s = make_qx_quants(
+                32,
+                &xb[16 * ib..16 * ib + 16],
+                &mut l[16 * ib..16 * ib + 16],
+                1,
+            );
+            scales[ib] = s;
+            if s.abs() > max_abs_scale {
+                max_abs_scale = s.abs();
+                max_scale = s;
+            }
+        }
+        ob.fill(0);
+        if max_abs_scale < GROUP_MAX_EPS {
+            continue;
+        }
+        let iscale = -128f32 / max_scale;
+        let d = f16::from_f32(1.0 / iscale);
+        ob[208..210].copy_from_slice(&d.to_bits().to_le_bytes());
+        let mut sc = [0i8; QK_K / 16];
+        for ib in 0..QK_K / 16 {
+            sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+            ob[192 + ib] = sc[ib] as u8;
+        }
+        let df = d.to_f32();
+        for j in 0..QK_K / 16 {
+            let dd = df * sc[j] as f32;
+            if dd == 0.0 {
+                continue;
+            }
+            for ii in 0..16 {
+                let q = nearest_int(xb[16 * j + ii] / dd).clamp(-32, 31);
+                l[16 * j + ii] = (q + 32) as i8;
+            }
+        }
+        for h in 0..2 {
+            let lb = &l[128 * h..128 * h + 128];
+            for i in 0..32 {
+                let q1 = lb[i] as u8;
+                let q2 = lb[i + 32] as u8;
+                let q3 = lb[i + 64] as u8;
+                let q4 = lb[i + 96] as u8;
+                ob[64 * h + i] = (q1 & 0xF) | ((q3 & 0xF) << 4);
+                ob[64 * h + i + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
+            }
+            for i in 0..32 {
+                let q1 = lb[i] as u8;
+                let q2 = lb[i + 32] as u8;
+                let q3 = lb[i + 64] as u8;
+                let q4 = lb[i + 96] as u8;
+                ob[128 + 32 * h + i] =
+                    (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Quantize a row-major `rows × cols` tensor.
+pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Result<Vec<u8>> {
+    let n = check_shape(rows, cols)?;
+    if x.len() != n {
+        return Err(Error::format(
+            FMT,
+            format!("expected {n} values, got {}", x.len()),
+        ));
+    }
+    let mut out = vec![0u8; n / QK_K * BLOCK_BYTES];
+    quantize_row(x, &mut out)?;
+    Ok(out)
+}
+
+/// The 256 quants (0..=63) of a super-block in weight order.
+#[inline]
+fn block_quants(b: &[u8], q: &mut [u8; QK_K]) {
+    for h in 0..2 {
+        let ql = &b[64 * h..64 * h + 64];
+        let qh = &b[128 + 32 * h..128 + 32 * h + 32];
+        let o = &mut q[128 * h..128 * h + 128];
+        for l in 0..32 {
+            o[l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+            o[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+            o[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            o[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+        }
+    }
+}
+
+#[inline]
+fn block_d(b: &[u8]) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[208], b[209]])).to_f32()
+}
+
+/// `dequantize_row_q6_K`: `bytes` holds `out.len()/256` super-blocks.
+pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    if out.len() % QK_K != 0 || bytes.len() < out.len() / QK_K * BLOCK_BYTES {
+        return Err(Error::format(
+            FMT,
+            format!(
+                "dequantize_row: {} bytes for {} values",
+                bytes.len(),
+                out.len()
+            ),
+        ));
+    }
+    let mut q = [0u8; QK_K];
+    for (b, ob) in bytes
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        let d = block_d(b);
+        block_quants(b, &mut q);
+        for (j, (og, qg)) in ob.chunks_exact_mut(16).zip(q.chunks_exact(16)).enumerate() {
+            let sc = d * (b[192 + j] as i8) as f32;
+            for (o, &qi) in og.iter_mut().zip(qg) {
+                *o = sc * (qi as i32 - 32) as f32;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dequantize a whole `rows × cols` tensor.
+pub fn dequantize(bytes: &[u8], rows: usize, cols: usize) -> Result<Vec<f32>> {
+    let n = check_shape(rows, cols)?;
+    let mut out = vec![0f32; n];
+    dequantize_row(bytes, &mut out)?;
+    Ok(out)
+}
+
+/// Dot product of one Q6_K row with an f32 vector (weights dequantized on the fly).
+pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+    let mut q = [0u8; QK_K];
+    let mut acc = 0f32;
+    for (b, xb) in row.chunks_exact(BLOCK_BYTES).zip(x.chunks_exact(QK_K)) {
+        let d = block_d(b);
+        block_quants(b, &mut q);
+        for (j, (qg, xg)) in q.chunks_exact(16).zip(xb.chunks_exact(16)).enumerate() {
+            let s: f32 = qg
+                .iter()
+                .zip(xg)
+                .map(|(&qi, &v)| (qi as i32 - 32) as f32 * v)
+                .sum();
+            acc += d * (b[192 + j] as i8) as f32 * s;
+        }
+    }
+    acc
+}
+
+/// llama.cpp's `quantize_row_q8_K_ref` for activations: per 256 values, `iscale =
+/// −127/max` (max = the value of largest magnitude, with sign), `q = min(127,
+/// nearest_int(iscale·x))`, `d = 1/iscale` (0 for an all-zero block).
+pub fn quantize_act_q8k(x: &[f32], xq: &mut [i8], xd: &mut [f32]) {
+    assert!(x.len() % QK_K == 0 && xq.len() == x.len() && xd.len() == x.len() / QK_K);
+    for ((xb, qb), d) in x.chunks_exact(QK_K).zip(xq.chunks_exact_mut(QK_K)).zip(xd) {
+        let mut max = 0f32;
+        let mut amax = 0f32;
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            *d = 0.0;
+            qb.fill(0);
+            continue;
+        }
+        let iscale = -127f32 / max;
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = nearest_int(iscale * v).min(127) as i8;
+        }
+        *d = 1.0 / iscale;
+    }
+}
+
+/// Dot of a Q6_K row with Q8_K activations: `Σ_blocks d·xd·Σ_j scale_j·Σ (q−32)·xq`.
+/// Uses AVX2 when available; the integer sums are exact either way.
+pub fn dot_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was detected at run time.
+            return unsafe { avx2::dot_q8k(row, xq, xd) };
+        }
+    }
+    dot_q8k_scalar(row, xq, xd)
+}
+
+/// Scalar version of [`dot_q8k`].
+pub fn dot_q8k_scalar(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    let mut q = [0u8; QK_K];
+    let mut acc = 0f32;
+    for ((b, xb), &dx) in row
+        .chunks_exact(BLOCK_BYTES)
+        .zip(xq.chunks_exact(QK_K))
+        .zip(xd)
+    {
+        block_quants(b, &mut q);
+        let mut isum = 0i32;
+        for (j, (qg, xg)) in q.chunks_exact(16).zip(xb.chunks_exact(16)).enumerate() {
+            let s: i32 = qg
+                .iter()
+                .zip(xg)
+                .map(|(&qi, &v)| (qi as i32 - 32) * v as i32)
+                .sum();
+            isum += (b[192 + j] as i8) as i32 * s;
+        }
+        acc += block_d(b) * dx * isum as f32;
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// Requires AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        let nb = (row.len() / super::BLOCK_BYTES)
+            .min(xq.len() / super::QK_K)
+            .min(xd.len());
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m2 = _mm256_set1_epi8(0x03);
+        let k32 = _mm256_set1_epi8(32);
+        let mut acc = 0f32;
+        for b in 0..nb {
+            let blk = &row[b * super::BLOCK_BYTES..][..super::BLOCK_BYTES];
+            let x = &xq[b * super::QK_K..][..super::QK_K];
+            let mut isum = _mm256_setzero_si256();
+            for h in 0..2 {
+                let p = blk.as_ptr();
+                // SAFETY: offsets stay inside the 210-byte block and the 256-value x block.
+                let (ql0, ql1, qh) = unsafe {
+                    (
+                        _mm256_loadu_si256(p.add(64 * h) as *const __m256i),
+                        _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i),
+                        _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i),
+                    )
+                };
+                let q = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+                    ),
+                ];
+                for (k, qk) in q.iter().enumerate() {
+                    // SAFETY: 32 values at 128h + 32k < 256.
+                    let xv = unsafe {
+                        _mm256_loadu_si256(x.as_ptr().add(128 * h + 32 * k) as *const __m256i)
+                    };
+                    // (q − 32)·x = q·x − 32·x, both via maddubs (q, 32 unsigned).
+                    let p = _mm256_sub_epi16(
+                        _mm256_maddubs_epi16(*qk, xv),
+                        _mm256_maddubs_epi16(k32, xv),
+                    );
+                    let s0 = blk[192 + 8 * h + 2 * k] as i8 as i16;
+                    let s1 = blk[192 + 8 * h + 2 * k + 1] as i8 as i16;
+                    let sc = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, sc));
+                }
+            }
+            let lo = _mm256_castsi256_si128(isum);
+            let hi = _mm256_extracti128_si256(isum, 1);
+            let s = _mm_add_epi32(lo, hi);
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+            let isum = _mm_cvtsi128_si32(s);
+            let d = half::f16::from_bits(u16::from_le_bytes([blk[208], blk[209]])).to_f32();
+            acc += d * xd[b] * isum as f32;
+        }
+        acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.1
+            })
+            .collect()
+    }
+
+    #[test]
+    fn quantize_dequantize_error() {
+        let x = data(2 * 512, 5);
+        let b = quantize(&x, 2, 512).unwrap();
+        assert_eq!(b.len(), 4 * 210);
+        let y = dequantize(&b, 2, 512).unwrap();
+        let num: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum();
+        let den: f32 = x.iter().map(|a| a * a).sum();
+        // 6-bit: relative RMS error around 1%.
+        assert!((num / den).sqrt() < 0.02, "{}", (num / den).sqrt());
+        // Re-quantizing the dequantized values is (nearly) idempotent.
+        let b2 = quantize(&y, 2, 512).unwrap();
+        let y2 = dequantize(&b2, 2, 512).unwrap();
+        let e: f32 = y
+            .iter()
+            .zip(&y2)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(e < 2e-3, "{e}");
+    }
+
+    #[test]
+    fn layout_positions() {
+        // Only weight 64+5 (second half-group) is large: it lands in the high nibble of ql[5].
+        let mut x = vec![0f32; 256];
+        x[69] = 1.0;
+        x[0] = -0.01;
+        let b = quantize(&x, 1, 256).unwrap();
+        let y = dequantize(&b, 1, 256).unwrap();
+        assert!((y[69] - 1.0).abs() < 0.02);
+        assert!(y
+            .iter()
+            .enumerate()
+            .all(|(i, v)| i == 69 || i == 0 || *v == 0.0));
+    }
+
+    #[test]
+    fn zero_block() {
+        let b = quantize(&[0f32; 256], 1, 256).unwrap();
+        assert!(b.iter().all(|&v| v == 0));
+        assert!(dequantize(&b, 1, 256).unwrap().iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn q8k_dot_matches() {
+        let w = data(768, 7);
+        let x = data(768, 8);
+        let b = quantize(&w, 1, 768).unwrap();
+        let wd = dequantize(&b, 1, 768).unwrap();
+        let exact: f32 = wd.iter().zip(&x).map(|(a, b)| a * b).sum();
+        assert!((dot_f32(&b, &x) - exact).abs() < 1e-5);
+        let mut xq = vec![0i8; 768];
+        let mut xd = vec![0f32; 3];
+        quantize_act_q8k(&x, &mut xq, &mut xd);
+        let s = dot_q8k_scalar(&b, &xq, &xd);
+        let v = dot_q8k(&b, &xq, &xd);
+        assert!((s - v).abs() <= 1e-6 * s.abs().max(1e-3), "{s} {v}");
+        let bound: f32 = wd
+            .chunks(256)
+            .zip(&xd)
+            .map(|(wb, d)| wb.iter().map(|w| w.abs()).sum::<f32>() * d.abs() * 0.5)
+            .sum();
+        assert!(
+            (s - exact).abs() <= bound * 1.01 + 1e-6,
+            "{s} {exact} {bound}"
+        );
+    }
+}
