@@ -68,3 +68,39 @@ impl std::fmt::Debug for SharedBytes {
         write!(f, "SharedBytes({} bytes)", self.len())
     }
 }
+
+/// The data behind a tensor, per device. Views share one `Storage` (cloning is cheap);
+/// storage is immutable once built, which is what makes views safe to hand out freely.
+///
+/// CPU tensors created by bitnet-core allocate their bytes from [`crate::memory::global`]
+/// (64-byte aligned); CPU storage may also wrap any other [`SharedBytes`] owner, such as a
+/// memory-mapped weight file, without copying. GPU variants will be added with their
+/// backends; until then `Device::Cuda`/`Device::Wgpu` cannot hold storage.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Storage {
+    Cpu(SharedBytes),
+}
+
+impl Storage {
+    /// The device the bytes live on.
+    pub fn device(&self) -> crate::Device {
+        match self {
+            Storage::Cpu(_) => crate::Device::Cpu,
+        }
+    }
+
+    /// Size of the storage in bytes.
+    pub fn len_bytes(&self) -> usize {
+        match self {
+            Storage::Cpu(b) => b.len(),
+        }
+    }
+
+    /// The bytes of a CPU storage.
+    pub fn cpu_bytes(&self) -> Option<&SharedBytes> {
+        match self {
+            Storage::Cpu(b) => Some(b),
+        }
+    }
+}
