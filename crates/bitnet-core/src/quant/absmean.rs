@@ -48,12 +48,12 @@ mod tests {
 
     #[test]
     fn rounds_half_to_even_and_clamps() {
-        // mean|w| = 1 -> s = 1: 0.5 -> 0, 1.5 -> 2 -> clamp 1, -0.5 -> -0, -2.5 -> -2 -> -1.
-        let w = [0.5f32, 1.5, -0.5, -1.0, 0.0, 2.5, -2.5, 0.0];
-        let mut q = [0i8; 8];
+        // mean|w| = 1 -> s = 1: ±0.5 -> 0 (half to even), 1.5 and 2.5 -> 2 -> clamp 1.
+        let w = [0.5f32, -0.5, 1.5, 2.5, -2.5, 0.5, 0.0, 0.0];
+        let mut q = [9i8; 8];
         let scale = ternarize(&w, &mut q);
         assert_eq!(scale, 1.0);
-        assert_eq!(q, [0, 1, 0, -1, 0, 1, -1, 0]);
+        assert_eq!(q, [0, 0, 1, 1, -1, 0, 0, 0]);
     }
 
     #[test]

@@ -1,0 +1,126 @@
+//! One module per subcommand, plus what they share: loading a model with progress,
+//! thread pools, parsing id lists.
+
+pub mod bench;
+pub mod chat;
+pub mod convert;
+pub mod generate;
+pub mod inspect;
+pub mod logits;
+pub mod perplexity;
+pub mod tokenize;
+
+use std::time::Instant;
+
+use bitnet_core::quant::ternary::TernaryLayout;
+use bitnet_models::kv_cache::KvDType;
+use bitnet_models::load::{self, LoadOptions, Loaded};
+use bitnet_models::sampler::SamplerConfig;
+
+use crate::{ModelArgs, SamplingArgs};
+
+pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Set the number of kernel threads for the whole process.
+pub fn init_threads(threads: Option<usize>) -> CliResult {
+    if let Some(t) = threads {
+        if t == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .map_err(|e| format!("could not start {t} threads: {e}"))?;
+    }
+    Ok(())
+}
+
+pub fn parse_layout(s: Option<&str>) -> CliResult<Option<TernaryLayout>> {
+    Ok(match s {
+        None => None,
+        Some("i2s") => Some(TernaryLayout::I2S),
+        Some("t1") => Some(TernaryLayout::T1),
+        Some(o) => return Err(format!("unknown layout `{o}` (expected i2s or t1)").into()),
+    })
+}
+
+/// Load the model named by `-m`, reporting the time it took on stderr.
+pub fn load_model(args: &ModelArgs) -> CliResult<Loaded> {
+    init_threads(args.threads)?;
+    let mut opts = LoadOptions::default();
+    if let Some(l) = parse_layout(args.layout.as_deref())? {
+        opts.layout = l;
+    }
+    let t0 = Instant::now();
+    eprintln!("loading {} ...", args.model.display());
+    let loaded = load::load(&args.model, opts)?;
+    let c = &loaded.model.config;
+    eprintln!(
+        "loaded {} in {:.2} s: {} layers, hidden {}, vocab {}, {:.1} MiB of weights, {} threads",
+        loaded.kind,
+        t0.elapsed().as_secs_f64(),
+        c.n_layers,
+        c.hidden,
+        c.vocab_size,
+        loaded.model.weight_bytes() as f64 / (1 << 20) as f64,
+        rayon::current_num_threads()
+    );
+    for n in &loaded.notes {
+        eprintln!("note: {n}");
+    }
+    Ok(loaded)
+}
+
+pub fn kv_type(args: &ModelArgs) -> CliResult<KvDType> {
+    Ok(args.kv_type.parse()?)
+}
+
+/// The context size to use: `-c`, else the model's, capped at 4096 to bound memory.
+pub fn ctx_size(args: &ModelArgs, model_max: usize) -> CliResult<usize> {
+    match args.ctx {
+        Some(0) => Err("--ctx-size must be at least 1".into()),
+        Some(c) if c > model_max => {
+            Err(format!("--ctx-size {c} exceeds the model's context length {model_max}").into())
+        }
+        Some(c) => Ok(c),
+        None => Ok(model_max.min(4096)),
+    }
+}
+
+pub fn sampler_config(s: &SamplingArgs) -> SamplerConfig {
+    let seed = s.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        eprintln!("seed: {t}");
+        t
+    });
+    SamplerConfig {
+        temperature: s.temp,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repeat_penalty: s.repeat_penalty,
+        repeat_last_n: s.repeat_last_n,
+        seed,
+    }
+}
+
+/// Parse `1,2,3` into token ids.
+pub fn parse_ids(s: &str) -> CliResult<Vec<u32>> {
+    let ids: Result<Vec<u32>, _> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .map_err(|_| format!("--ids: `{t}` is not a token id"))
+        })
+        .collect();
+    let ids = ids?;
+    if ids.is_empty() {
+        return Err("--ids: no token ids given".into());
+    }
+    Ok(ids)
+}
