@@ -16,7 +16,7 @@ const LAYOUTS: [TernaryLayout; 2] = [TernaryLayout::I2S, TernaryLayout::T1];
 /// The SIMD paths to compare with the scalar reference; unavailable ones are reported.
 fn simd_paths(test: &'static str) -> Vec<KernelPath> {
     let mut v = Vec::new();
-    for p in [KernelPath::Avx2, KernelPath::Avx512Vnni, KernelPath::Amx] {
+    for p in [KernelPath::Avx2, KernelPath::Avx512Vnni] {
         if p.is_available() {
             v.push(p);
         } else {

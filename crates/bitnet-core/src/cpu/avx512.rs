@@ -24,7 +24,13 @@ fn codes256<const T1: bool>(y: &mut __m256i, raw: __m256i, s: usize) -> __m256i 
     if T1 {
         // y holds byte·3^s mod 256, XOR 0x80 (see avx2.rs): code = (y ≥ 86) + (y ≥ 171).
         if s > 0 {
-            *y = _mm256_add_epi8(*y, _mm256_add_epi8(*y, *y));
+            // The asm barrier stops LLVM turning y + 2y into an emulated 8-bit multiply.
+            let mut d = _mm256_add_epi8(*y, *y);
+            // SAFETY: empty asm that only claims to modify `d` in a register.
+            unsafe {
+                std::arch::asm!("/* {0} */", inout(ymm_reg) d, options(pure, nomem, nostack))
+            };
+            *y = _mm256_add_epi8(*y, d);
         }
         let m1 = _mm256_cmpgt_epi8(*y, _mm256_set1_epi8((85i32 - 128) as i8));
         let m2 = _mm256_cmpgt_epi8(*y, _mm256_set1_epi8((170i32 - 128) as i8));
@@ -41,7 +47,12 @@ fn codes256<const T1: bool>(y: &mut __m256i, raw: __m256i, s: usize) -> __m256i 
 fn codes512<const T1: bool>(y: &mut __m512i, raw: __m512i, s: usize) -> __m512i {
     if T1 {
         if s > 0 {
-            *y = _mm512_add_epi8(*y, _mm512_add_epi8(*y, *y));
+            let mut d = _mm512_add_epi8(*y, *y);
+            // SAFETY: as in codes256.
+            unsafe {
+                std::arch::asm!("/* {0} */", inout(zmm_reg) d, options(pure, nomem, nostack))
+            };
+            *y = _mm512_add_epi8(*y, d);
         }
         let one = _mm512_set1_epi8(1);
         let m1 = _mm512_cmpgt_epi8_mask(*y, _mm512_set1_epi8((85i32 - 128) as i8));

@@ -6,7 +6,7 @@
 //!
 //! Path selection, in order of precedence:
 //! 1. a programmatic override, [`set_forced_path`];
-//! 2. the `BITNET_KERNEL` environment variable (`scalar`, `avx2`, `avx512`, `amx`), read once;
+//! 2. the `BITNET_KERNEL` environment variable (`scalar`, `avx2`, `avx512`), read once;
 //! 3. [`best_path`], the fastest path this CPU supports.
 //!
 //! A forced path that this CPU lacks is an error ([`Error::KernelUnavailable`]) at the
@@ -21,8 +21,6 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::quant::ternary::TernaryLayout;
 
-#[cfg(target_arch = "x86_64")]
-pub mod amx;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -50,18 +48,14 @@ pub enum KernelPath {
     Avx2,
     /// AVX-512 VNNI (`vpdpbusd`), Ice Lake / Zen 4 and later.
     Avx512Vnni,
-    /// AMX-INT8 tiles (`tdpbusd`) for gemm; gemv on this path uses AVX-512 VNNI.
-    Amx,
+    // No AMX path: an AMX-INT8 gemm (tile config via `ldtilecfg`, `tdpbusd` through inline
+    // asm, the arch_prctl permission syscall) was not written yet, and a path that is never
+    // available would only pretend to exist.
 }
 
 impl KernelPath {
     /// Every path, slowest first.
-    pub const ALL: [KernelPath; 4] = [
-        KernelPath::Scalar,
-        KernelPath::Avx2,
-        KernelPath::Avx512Vnni,
-        KernelPath::Amx,
-    ];
+    pub const ALL: [KernelPath; 3] = [KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512Vnni];
 
     /// The name used by `BITNET_KERNEL` and in benchmark labels.
     pub fn name(self) -> &'static str {
@@ -69,7 +63,6 @@ impl KernelPath {
             KernelPath::Scalar => "scalar",
             KernelPath::Avx2 => "avx2",
             KernelPath::Avx512Vnni => "avx512",
-            KernelPath::Amx => "amx",
         }
     }
 
@@ -87,7 +80,6 @@ impl KernelPath {
             KernelPath::Scalar => true,
             KernelPath::Avx2 => has_avx2(),
             KernelPath::Avx512Vnni => has_avx512vnni(),
-            KernelPath::Amx => has_amx(),
         }
     }
 
@@ -125,16 +117,6 @@ fn has_avx512vnni() -> bool {
 }
 #[cfg(not(target_arch = "x86_64"))]
 fn has_avx512vnni() -> bool {
-    false
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_amx() -> bool {
-    // The AMX gemv fallback is the AVX-512 VNNI kernel, so AMX requires both.
-    has_avx512vnni() && amx::available()
-}
-#[cfg(not(target_arch = "x86_64"))]
-fn has_amx() -> bool {
     false
 }
 
@@ -195,7 +177,7 @@ pub fn active_path() -> Result<KernelPath> {
         None => Ok(best_path()),
         Some(Ok(p)) => p.check(),
         Some(Err(name)) => Err(Error::KernelUnavailable(format!(
-            "{name} (BITNET_KERNEL must be scalar, avx2, avx512 or amx)"
+            "{name} (BITNET_KERNEL must be scalar, avx2 or avx512)"
         ))),
     }
 }
@@ -316,8 +298,8 @@ fn gemv_rows(
             unsafe { avx2::gemv_rows(layout, w, rb, x, out) }
         }
         #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx512Vnni | KernelPath::Amx => {
-            // SAFETY: as above; AMX availability implies AVX-512 VNNI (see `has_amx`).
+        KernelPath::Avx512Vnni => {
+            // SAFETY: as above.
             unsafe { avx512::gemv_rows(layout, w, rb, x, out) }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -332,11 +314,6 @@ pub(crate) fn gemm(path: KernelPath, w: &PackedView<'_>, x: &[i8], m: usize, out
     debug_assert_eq!(x.len(), m * w.cols);
     debug_assert_eq!(out.len(), m * w.rows);
     if m == 0 || w.rows == 0 {
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Amx {
-        amx::gemm(w, x, m, out);
         return;
     }
     let ptr = OutPtr(out.as_mut_ptr());
@@ -382,7 +359,7 @@ fn gemm_rows(
             unsafe { avx2::gemm_rows(layout, w, rb, nr, cols, x, m, out, ldo) }
         }
         #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx512Vnni | KernelPath::Amx => {
+        KernelPath::Avx512Vnni => {
             // SAFETY: as above.
             unsafe { avx512::gemm_rows(layout, w, rb, nr, cols, x, m, out, ldo) }
         }

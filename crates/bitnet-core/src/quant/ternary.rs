@@ -153,11 +153,28 @@ impl TernaryMatrix {
                 format!("{cols} columns is not a multiple of the {bw}-weight block"),
             ));
         }
-        let row_bytes = cols / 4;
+        Self::from_packed(data, rows, cols, scale, TernaryLayout::I2S)
+    }
+
+    /// A zero-copy view of bytes already packed in `layout` (as [`data`](Self::data)
+    /// returns them: `rows` rows of [`TernaryLayout::row_bytes`]`(cols)` bytes each, padding
+    /// included), e.g. a T1 matrix cached on disk. Validates the length.
+    pub fn from_packed(
+        data: SharedBytes,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+        layout: TernaryLayout,
+    ) -> Result<Self> {
+        let row_bytes = layout.row_bytes(cols);
         let want = rows.checked_mul(row_bytes);
         if want != Some(data.len()) {
             return Err(Error::format(
-                "I2_S",
+                if layout == TernaryLayout::I2S {
+                    "I2_S"
+                } else {
+                    "T1"
+                },
                 format!(
                     "{} bytes for a {rows}×{cols} matrix, expected {}",
                     data.len(),
@@ -171,7 +188,7 @@ impl TernaryMatrix {
             cols,
             row_bytes,
             scale,
-            layout: TernaryLayout::I2S,
+            layout,
         })
     }
 
