@@ -48,6 +48,15 @@ pub struct AttnShape {
     pub max_ctx: usize,
 }
 
+/// Query tokens per task: each task converts its KV head's keys and values to f32 once
+/// and reuses them for this many queries (and every head of the group).
+const QUERY_CHUNK: usize = 16;
+
+/// The output pointer shared by tasks that write disjoint `(token, head)` rows.
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint rows (see `causal_attention`); the pointer outlives them.
+unsafe impl Sync for OutPtr {}
+
 /// Attention for `m` query tokens at positions `pos0 .. pos0+m`, whose keys and values are
 /// already in the cache. `q` is `m × n_heads·head_dim`; `out` has the same shape. Token `i`
 /// attends to cache positions `0 ..= pos0+i`.
@@ -94,33 +103,54 @@ pub fn causal_attention<T: KvElem>(
     }
     let group = s.n_heads / s.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    // One task per (token, head): its output slice is disjoint from every other's.
-    out.par_chunks_mut(hd).enumerate().for_each_init(
-        || (vec![0.0f32; pos0 + m], vec![0.0f32; hd]),
-        |(scores, row), (task, o)| {
-            let (i, h) = (task / s.n_heads, task % s.n_heads);
-            let kvh = h / group;
-            let qh = &q[i * qdim + h * hd..i * qdim + (h + 1) * hd];
-            let n = pos0 + i + 1;
-            let kbase = kvh * s.max_ctx * hd;
-            let mut max = f32::NEG_INFINITY;
-            for (p, sc) in scores[..n].iter_mut().enumerate() {
-                T::load_row(&keys[kbase + p * hd..kbase + (p + 1) * hd], row);
-                *sc = dot(qh, row) * scale;
-                max = max.max(*sc);
-            }
-            let mut sum = 0.0f32;
-            for sc in &mut scores[..n] {
-                *sc = (*sc - max).exp();
-                sum += *sc;
-            }
-            let inv = 1.0 / sum;
-            o.fill(0.0);
-            for (p, &w) in scores[..n].iter().enumerate() {
-                T::load_row(&values[kbase + p * hd..kbase + (p + 1) * hd], row);
-                let w = w * inv;
-                for (oj, &vj) in o.iter_mut().zip(row.iter()) {
-                    *oj += w * vj;
+    let chunks = m.div_ceil(QUERY_CHUNK);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = &out_ptr;
+    // One task per (kv head, block of queries): it writes the rows (token i, head h) for
+    // its tokens and the heads of its group, which no other task writes.
+    (0..s.n_kv_heads * chunks).into_par_iter().for_each_init(
+        || (Vec::<f32>::new(), Vec::<f32>::new(), Vec::<f32>::new()),
+        |(kf, vf, scores), task| {
+            let (kvh, c) = (task / chunks, task % chunks);
+            let (i0, i1) = (c * QUERY_CHUNK, ((c + 1) * QUERY_CHUNK).min(m));
+            let n_keys = pos0 + i1;
+            let base = kvh * s.max_ctx * hd;
+            let (k, v) = (
+                &keys[base..base + n_keys * hd],
+                &values[base..base + n_keys * hd],
+            );
+            kf.resize(n_keys * hd, 0.0);
+            vf.resize(n_keys * hd, 0.0);
+            T::load_row(k, kf);
+            T::load_row(v, vf);
+            scores.resize(n_keys, 0.0);
+            for i in i0..i1 {
+                let n = pos0 + i + 1;
+                for h in kvh * group..(kvh + 1) * group {
+                    let qh = &q[i * qdim + h * hd..i * qdim + (h + 1) * hd];
+                    let mut max = f32::NEG_INFINITY;
+                    for (p, sc) in scores[..n].iter_mut().enumerate() {
+                        *sc = dot(qh, &kf[p * hd..(p + 1) * hd]) * scale;
+                        max = max.max(*sc);
+                    }
+                    let mut sum = 0.0f32;
+                    for sc in &mut scores[..n] {
+                        *sc = (*sc - max).exp();
+                        sum += *sc;
+                    }
+                    let inv = 1.0 / sum;
+                    // SAFETY: row (i, h) lies inside `out` (checked lengths above) and
+                    // belongs to this task alone.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(out_ptr.0.add(i * qdim + h * hd), hd)
+                    };
+                    o.fill(0.0);
+                    for (p, &w) in scores[..n].iter().enumerate() {
+                        let w = w * inv;
+                        for (oj, &vj) in o.iter_mut().zip(&vf[p * hd..(p + 1) * hd]) {
+                            *oj += w * vj;
+                        }
+                    }
                 }
             }
         },
@@ -185,35 +215,38 @@ mod tests {
 
     #[test]
     fn matches_naive_with_grouped_heads() {
-        let s = AttnShape {
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 16,
-            max_ctx: 12,
-        };
-        let cache = s.n_kv_heads * s.max_ctx * s.head_dim;
-        let k: Vec<f32> = (0..cache)
-            .map(|i| ((i * 7919) % 97) as f32 / 50.0 - 1.0)
-            .collect();
-        let v: Vec<f32> = (0..cache)
-            .map(|i| ((i * 104729) % 89) as f32 / 40.0 - 1.0)
-            .collect();
-        let (m, pos0) = (3, 5);
-        let q: Vec<f32> = (0..m * 64)
-            .map(|i| ((i * 31) % 53) as f32 / 26.0 - 1.0)
-            .collect();
-        let mut out = vec![0.0; m * 64];
-        causal_attention(&q, &k, &v, m, pos0, s, &mut out).unwrap();
-        let r = naive(&q, &k, &v, m, pos0, s);
-        for (a, b) in out.iter().zip(&r) {
-            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-        }
-        // The same through an f16 cache, within f16 rounding.
-        let k16: Vec<f16> = k.iter().map(|&x| f16::from_f32(x)).collect();
-        let v16: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
-        causal_attention(&q, &k16, &v16, m, pos0, s, &mut out).unwrap();
-        for (a, b) in out.iter().zip(&r) {
-            assert!((a - b).abs() < 2e-3, "{a} vs {b}");
+        // One decode-sized call and one prefill that spans several query blocks.
+        for (m, pos0) in [(3, 5), (1, 0), (37, 4)] {
+            let s = AttnShape {
+                n_heads: 4,
+                n_kv_heads: 2,
+                head_dim: 16,
+                max_ctx: 48,
+            };
+            let cache = s.n_kv_heads * s.max_ctx * s.head_dim;
+            let k: Vec<f32> = (0..cache)
+                .map(|i| ((i * 7919) % 97) as f32 / 50.0 - 1.0)
+                .collect();
+            let v: Vec<f32> = (0..cache)
+                .map(|i| ((i * 104729) % 89) as f32 / 40.0 - 1.0)
+                .collect();
+            let q: Vec<f32> = (0..m * 64)
+                .map(|i| ((i * 31) % 53) as f32 / 26.0 - 1.0)
+                .collect();
+            let mut out = vec![f32::NAN; m * 64];
+            causal_attention(&q, &k, &v, m, pos0, s, &mut out).unwrap();
+            let r = naive(&q, &k, &v, m, pos0, s);
+            for (a, b) in out.iter().zip(&r) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
+            // The same through an f16 cache, within f16 rounding.
+            let k16: Vec<f16> = k.iter().map(|&x| f16::from_f32(x)).collect();
+            let v16: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+            out.fill(f32::NAN);
+            causal_attention(&q, &k16, &v16, m, pos0, s, &mut out).unwrap();
+            for (a, b) in out.iter().zip(&r) {
+                assert!((a - b).abs() < 2e-3, "{a} vs {b}");
+            }
         }
     }
 

@@ -48,7 +48,7 @@ pub fn rmsnorm_quantize(x: &[f32], weight: &[f32], eps: f32, q: &mut [i8]) -> f3
         .fold(0.0f32, |m, (&v, &g)| m.max((g * (v * r)).abs()));
     let a = act::multiplier(absmax);
     for ((qi, &v), &g) in q.iter_mut().zip(x).zip(weight) {
-        *qi = ((g * (v * r)) * a).round_ties_even().clamp(-128.0, 127.0) as i8;
+        *qi = act::round_to_i8((g * (v * r)) * a);
     }
     1.0 / a
 }
