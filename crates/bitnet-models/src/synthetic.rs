@@ -86,7 +86,7 @@ pub fn config_by_name(name: &str) -> Result<Config> {
 /// embeddings (tied LM head) in Q6_K as bitnet.cpp's converter writes them.
 pub fn build(config: Config, layout: TernaryLayout, seed: u64) -> Result<Model> {
     let c = &config;
-    if c.hidden % 256 != 0 {
+    if !c.hidden.is_multiple_of(256) {
         return Err(Error::InvalidArgument(format!(
             "synthetic models need a hidden size that is a multiple of 256, got {}",
             c.hidden

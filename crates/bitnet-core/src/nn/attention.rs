@@ -71,7 +71,7 @@ pub fn causal_attention<T: KvElem>(
 ) -> crate::Result<()> {
     let hd = s.head_dim;
     let qdim = s.n_heads * hd;
-    if s.n_kv_heads == 0 || s.n_heads % s.n_kv_heads != 0 {
+    if s.n_kv_heads == 0 || !s.n_heads.is_multiple_of(s.n_kv_heads) {
         return Err(crate::Error::shape(
             "attention",
             format!("{} heads cannot share {} kv heads", s.n_heads, s.n_kv_heads),

@@ -36,7 +36,7 @@ impl Rope {
         theta: f32,
         style: RopeStyle,
     ) -> crate::Result<Self> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(crate::Error::shape(
                 "rope",
                 format!("head dimension {head_dim} must be even and non-zero"),
@@ -81,7 +81,7 @@ impl Rope {
                 size: self.max_pos,
             });
         }
-        if x.len() % self.head_dim != 0 {
+        if !x.len().is_multiple_of(self.head_dim) {
             return Err(crate::Error::shape(
                 "rope",
                 format!(
