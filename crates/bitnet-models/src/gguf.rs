@@ -235,13 +235,13 @@ impl GgmlType {
         }
         if self == GgmlType::I2_S {
             let n = ne0.checked_mul(rest)?;
-            if n % 128 != 0 {
+            if !n.is_multiple_of(128) {
                 return None;
             }
             return (n / 4).checked_add(32);
         }
         let (bs, ts) = self.block();
-        if ne0 % bs != 0 {
+        if !ne0.is_multiple_of(bs) {
             return None;
         }
         (ne0 / bs).checked_mul(ts)?.checked_mul(rest)
@@ -762,7 +762,7 @@ impl GgufFile {
                     "tensor `{name}`: dims {dims:?} do not fit type {ggml_type} (row length not a multiple of its block size, or size overflow)"
                 ))
             })?;
-            if offset % alignment != 0 {
+            if !offset.is_multiple_of(alignment) {
                 return Err(c.err(format!(
                     "tensor `{name}`: data offset {offset} is not a multiple of the alignment {alignment}"
                 )));

@@ -325,7 +325,7 @@ fn flipped_bytes_never_panic() {
         s
     };
     let mut errs = 0;
-    for i in 0..3000 {
+    for i in 0..3000u32 {
         let mut b = full.clone();
         let nflip = 1 + (i % 3);
         for _ in 0..nflip {
@@ -334,7 +334,7 @@ fn flipped_bytes_never_panic() {
             b[pos] ^= 1 << bit;
         }
         // Also try forcing bytes to 0xff (absurd counts and lengths).
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             let pos = (rng() % header_end as u64) as usize;
             b[pos] = 0xff;
         }

@@ -14,7 +14,7 @@ const FMT: &str = "HF packed";
 
 /// Shape `[out/4, in]` of the packed tensor.
 pub fn packed_shape(out_features: usize, in_features: usize) -> Result<[usize; 2]> {
-    if out_features % 4 != 0 {
+    if !out_features.is_multiple_of(4) {
         return Err(Error::format(
             FMT,
             format!("out_features {out_features} is not a multiple of 4"),

@@ -58,7 +58,7 @@ pub fn check_shape(rows: usize, cols: usize) -> Result<usize> {
     let n = rows
         .checked_mul(cols)
         .ok_or_else(|| Error::format(FMT, format!("{rows}x{cols} overflows")))?;
-    if n % QK != 0 {
+    if !n.is_multiple_of(QK) {
         return Err(Error::format(
             FMT,
             format!("{rows}x{cols} = {n} weights is not a multiple of {QK}"),

@@ -46,7 +46,7 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Number of weights of a `rows × cols` tensor, checked (`cols % 256 == 0`, no overflow).
 pub fn check_shape(rows: usize, cols: usize) -> Result<usize> {
-    if cols % QK_K != 0 {
+    if !cols.is_multiple_of(QK_K) {
         return Err(Error::format(
             FMT,
             format!("row length {cols} is not a multiple of {QK_K}"),
@@ -145,7 +145,7 @@ fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], rmse_type: i32) -> f32
 
 /// `quantize_row_q6_K_ref` on `x` (a multiple of 256 values) into `out`.
 pub fn quantize_row(x: &[f32], out: &mut [u8]) -> Result<()> {
-    if x.len() % QK_K != 0 || out.len() != x.len() / QK_K * BLOCK_BYTES {
+    if !x.len().is_multiple_of(QK_K) || out.len() != x.len() / QK_K * BLOCK_BYTES {
         return Err(Error::format(
             FMT,
             format!("quantize_row: {} values into {} bytes", x.len(), out.len()),
@@ -252,7 +252,7 @@ fn block_d(b: &[u8]) -> f32 {
 
 /// `dequantize_row_q6_K`: `bytes` holds `out.len()/256` super-blocks.
 pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) -> Result<()> {
-    if out.len() % QK_K != 0 || bytes.len() < out.len() / QK_K * BLOCK_BYTES {
+    if !out.len().is_multiple_of(QK_K) || bytes.len() < out.len() / QK_K * BLOCK_BYTES {
         return Err(Error::format(
             FMT,
             format!(
@@ -310,7 +310,7 @@ pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
 /// −127/max` (max = the value of largest magnitude, with sign), `q = min(127,
 /// nearest_int(iscale·x))`, `d = 1/iscale` (0 for an all-zero block).
 pub fn quantize_act_q8k(x: &[f32], xq: &mut [i8], xd: &mut [f32]) {
-    assert!(x.len() % QK_K == 0 && xq.len() == x.len() && xd.len() == x.len() / QK_K);
+    assert!(x.len().is_multiple_of(QK_K) && xq.len() == x.len() && xd.len() == x.len() / QK_K);
     for ((xb, qb), d) in x.chunks_exact(QK_K).zip(xq.chunks_exact_mut(QK_K)).zip(xd) {
         let mut max = 0f32;
         let mut amax = 0f32;

@@ -32,7 +32,7 @@ const FMT: &str = "Q8_0";
 
 /// Number of weights of a `rows × cols` tensor, checked (`cols % 32 == 0`, no overflow).
 pub fn check_shape(rows: usize, cols: usize) -> Result<usize> {
-    if cols % QK != 0 {
+    if !cols.is_multiple_of(QK) {
         return Err(Error::format(
             FMT,
             format!("row length {cols} is not a multiple of {QK}"),
@@ -55,7 +55,7 @@ pub fn tensor_bytes(rows: usize, cols: usize) -> Result<usize> {
 
 /// `quantize_row_q8_0_ref` on `x` (a multiple of 32 values) into `out`.
 pub fn quantize_row(x: &[f32], out: &mut [u8]) -> Result<()> {
-    if x.len() % QK != 0 || out.len() != x.len() / QK * BLOCK_BYTES {
+    if !x.len().is_multiple_of(QK) || out.len() != x.len() / QK * BLOCK_BYTES {
         return Err(Error::format(
             FMT,
             format!("quantize_row: {} values into {} bytes", x.len(), out.len()),
@@ -90,7 +90,7 @@ pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Result<Vec<u8>> {
 
 /// `dequantize_row_q8_0`: `bytes` holds `out.len()/32` blocks.
 pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) -> Result<()> {
-    if out.len() % QK != 0 || bytes.len() < out.len() / QK * BLOCK_BYTES {
+    if !out.len().is_multiple_of(QK) || bytes.len() < out.len() / QK * BLOCK_BYTES {
         return Err(Error::format(
             FMT,
             format!(
@@ -139,7 +139,7 @@ pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
 /// Quantize activations per block of 32: `xq ∈ −127..=127`, `xd[b]` = f32 block scale
 /// (`max|x_b|/127`), so `x ≈ xq·xd`. `x.len()` must be a multiple of 32.
 pub fn quantize_act(x: &[f32], xq: &mut [i8], xd: &mut [f32]) {
-    assert!(x.len() % QK == 0 && xq.len() == x.len() && xd.len() == x.len() / QK);
+    assert!(x.len().is_multiple_of(QK) && xq.len() == x.len() && xd.len() == x.len() / QK);
     for ((xb, qb), d) in x.chunks_exact(QK).zip(xq.chunks_exact_mut(QK)).zip(xd) {
         let amax = xb.iter().fold(0f32, |m, &v| m.max(v.abs()));
         *d = amax / 127.0;

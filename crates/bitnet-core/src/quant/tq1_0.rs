@@ -67,7 +67,7 @@ impl BlockTq1_0 {
 
 /// Number of weights of a `rows × cols` tensor, checked (`cols % 256 == 0`, no overflow).
 pub fn check_shape(rows: usize, cols: usize) -> Result<usize> {
-    if cols % QK_K != 0 {
+    if !cols.is_multiple_of(QK_K) {
         return Err(Error::format(
             FMT,
             format!("row length {cols} is not a multiple of {QK_K}"),
@@ -158,7 +158,7 @@ fn block_d(b: &[u8]) -> f32 {
 /// `quantize_row_tq1_0_ref`: quantize `x` (a multiple of 256 values) into `out`
 /// (`x.len()/256·54` bytes). Per block `d = max|x|`, code = `lroundf(x/d) + 1`.
 pub fn quantize_row(x: &[f32], out: &mut [u8]) -> Result<()> {
-    if x.len() % QK_K != 0 || out.len() != x.len() / QK_K * BLOCK_BYTES {
+    if !x.len().is_multiple_of(QK_K) || out.len() != x.len() / QK_K * BLOCK_BYTES {
         return Err(Error::format(
             FMT,
             format!("quantize_row: {} values into {} bytes", x.len(), out.len()),
@@ -194,7 +194,7 @@ pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Result<Vec<u8>> {
 
 /// Pack trits with one f32 scale per 256-weight block (stored as f16).
 pub fn from_trits_and_scales(trits: &[i8], scales: &[f32]) -> Result<Vec<u8>> {
-    if trits.len() % QK_K != 0 || scales.len() != trits.len() / QK_K {
+    if !trits.len().is_multiple_of(QK_K) || scales.len() != trits.len() / QK_K {
         return Err(Error::format(
             FMT,
             format!("{} trits with {} block scales", trits.len(), scales.len()),
@@ -218,7 +218,7 @@ pub fn from_trits_and_scales(trits: &[i8], scales: &[f32]) -> Result<Vec<u8>> {
 
 /// `dequantize_row_tq1_0`: `bytes` holds `out.len()/256` blocks.
 pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) -> Result<()> {
-    if out.len() % QK_K != 0 {
+    if !out.len().is_multiple_of(QK_K) {
         return Err(Error::format(
             FMT,
             format!("row length {} not a multiple of {QK_K}", out.len()),
