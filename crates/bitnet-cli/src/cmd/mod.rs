@@ -93,7 +93,9 @@ pub fn sampler_config(s: &SamplingArgs) -> SamplerConfig {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        eprintln!("seed: {t}");
+        if s.temp > 0.0 {
+            eprintln!("seed: {t}");
+        }
         t
     });
     SamplerConfig {
