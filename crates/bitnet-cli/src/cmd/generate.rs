@@ -62,7 +62,17 @@ pub fn run(a: GenerateArgs) -> CliResult {
         (None, None) => return Err("give a prompt with -p TEXT or --ids 1,2,3".into()),
     };
     let ctx = ctx_size(&a.model, model.config.max_ctx)?;
-    let mut session = Session::new(model, ctx, kv_type(&a.model)?);
+    let needed = prompt.len() + a.n.saturating_sub(1);
+    if needed > ctx {
+        return Err(format!(
+            "context length exceeded: the prompt ({} tokens) plus {} new tokens need {needed} positions, the context holds {ctx} (see --ctx-size)",
+            prompt.len(),
+            a.n
+        )
+        .into());
+    }
+    // The cache only needs room for this generation; that keeps memory near the minimum.
+    let mut session = Session::new(model, needed.max(1), kv_type(&a.model)?);
     let mut sampler = Sampler::new(sampler_config(&a.sampling))?;
     let stop =
         |id: u32| !a.ignore_eos && tok.map_or(model.config.eos == Some(id), |t| t.is_eog(id));
