@@ -12,6 +12,7 @@ pub mod dtype;
 pub mod error;
 pub mod memory;
 pub mod nn;
+pub mod ops;
 pub mod quant;
 pub mod shape;
 pub mod storage;
