@@ -7,6 +7,8 @@
 //! SIMD versions, chosen at run time) and [`nn`] (BitLinear, norms, RoPE, attention).
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod error;

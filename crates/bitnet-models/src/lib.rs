@@ -4,6 +4,8 @@
 pub mod bitnet;
 pub mod chat;
 pub mod convert;
+#[cfg(feature = "cuda")]
+pub mod cuda_model;
 pub mod error;
 pub mod generate;
 pub mod gguf;

@@ -1,0 +1,212 @@
+// Element-wise and per-row kernels of the forward pass. `ctl` is the control block the
+// model keeps on the device: ctl[0] = position of the first token, ctl[2..] = token ids;
+// kernels read positions from it so that a captured decode graph replays unchanged.
+
+// RMSNorm then int8 quantization of each row (one block per row), as
+// bitnet_core::nn::norm::rmsnorm_quantize: the sum of squares in f64, y = g·(x·r),
+// a = 127 / max(|y|max, 1e-5), q = clamp(rint(y·a)) (round half to even). Writes the
+// factor 1/a, Σq (for the ternary kernels' code offset) and zeros in the padding [K, kp).
+extern "C" __global__ void __launch_bounds__(256)
+rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, int kp, float eps,
+              i8* __restrict__ q, float* __restrict__ qf, i32* __restrict__ qs) {
+    __shared__ double shd[32];
+    __shared__ float shf[32];
+    __shared__ int shi[32];
+    int row = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
+    const float* xr = x + (size_t)row * K;
+    i8* qr = q + (size_t)row * kp;
+    double ss = 0.0;
+    for (int k = tid; k < K; k += bd) {
+        double v = (double)xr[k];
+        ss += v * v;
+    }
+    ss = block_sum_d(ss, shd);
+    float var = (float)(ss / (double)K);
+    float r = 1.0f / sqrtf(var + eps);
+    float am = 0.0f;
+    for (int k = tid; k < K; k += bd) am = fmaxf(am, fabsf(w[k] * (xr[k] * r)));
+    am = block_max(am, shf);
+    float a = 127.0f / fmaxf(am, 1e-5f);
+    int s = 0;
+    for (int k = tid; k < K; k += bd) {
+        float v = rintf((w[k] * (xr[k] * r)) * a);
+        v = fminf(fmaxf(v, -128.0f), 127.0f);
+        int qi = (int)v;
+        qr[k] = (i8)qi;
+        s += qi;
+    }
+    for (int k = K + tid; k < kp; k += bd) qr[k] = 0;
+    s = block_sum_i(s, shi);
+    if (tid == 0) {
+        qf[row] = 1.0f / a;
+        qs[row] = s;
+    }
+}
+
+// RMSNorm in f32 (the final norm before the LM head): out = g·(x·r).
+extern "C" __global__ void __launch_bounds__(256)
+rmsnorm_f32(const float* __restrict__ x, const float* __restrict__ w, int K, float eps,
+            float* __restrict__ out) {
+    __shared__ double shd[32];
+    int row = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
+    const float* xr = x + (size_t)row * K;
+    double ss = 0.0;
+    for (int k = tid; k < K; k += bd) {
+        double v = (double)xr[k];
+        ss += v * v;
+    }
+    ss = block_sum_d(ss, shd);
+    float var = (float)(ss / (double)K);
+    float r = 1.0f / sqrtf(var + eps);
+    for (int k = tid; k < K; k += bd) out[(size_t)row * K + k] = w[k] * (xr[k] * r);
+}
+
+// Rotary embedding of q and k in place in the fused qkv rows (m × (nh+2·nkv)·hd), then the
+// keys and values of each token appended to the f16 cache ([kv_head][position][hd]).
+// grid (m, nh + nkv); `neox` = rotate-half, else interleaved pairs.
+extern "C" __global__ void rope_kv(float* __restrict__ qkv, u16* __restrict__ kc,
+                                   u16* __restrict__ vc, const float* __restrict__ cosT,
+                                   const float* __restrict__ sinT, const i32* __restrict__ ctl,
+                                   int nh, int nkv, int hd, int max_ctx, int neox) {
+    int i = blockIdx.x, h = blockIdx.y, half = hd >> 1;
+    int pos = ctl[0] + i;
+    float* row = qkv + (size_t)i * (nh + 2 * nkv) * hd;
+    float* xh = h < nh ? row + h * hd : row + (size_t)nh * hd + (h - nh) * hd;
+    const float* c = cosT + (size_t)pos * half;
+    const float* s = sinT + (size_t)pos * half;
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+        int i0 = neox ? j : 2 * j;
+        int i1 = neox ? j + half : 2 * j + 1;
+        float x0 = xh[i0], x1 = xh[i1];
+        float y0 = x0 * c[j] - x1 * s[j];
+        float y1 = x1 * c[j] + x0 * s[j];
+        if (h < nh) {
+            xh[i0] = y0;
+            xh[i1] = y1;
+        } else {
+            int kvh = h - nh;
+            size_t at = ((size_t)kvh * max_ctx + pos) * hd;
+            const float* vh = row + (size_t)(nh + nkv) * hd + kvh * hd;
+            kc[at + i0] = f2h(y0);
+            kc[at + i1] = f2h(y1);
+            vc[at + i0] = f2h(vh[i0]);
+            vc[at + i1] = f2h(vh[i1]);
+        }
+    }
+}
+
+// Embedding lookup (f32 table) of the tokens in ctl[2..2+m]; block 0 also clears the
+// arg-max slot that the LM head fills.
+extern "C" __global__ void embed_rows(const float* __restrict__ table, const i32* __restrict__ ctl,
+                                      float* __restrict__ x, int H, u64* best) {
+    int i = blockIdx.x;
+    if (best && i == 0 && threadIdx.x == 0) *best = 0ull;
+    u32 tok = (u32)ctl[2 + i];
+    const float4* src = (const float4*)(table + (size_t)tok * H);
+    float4* dst = (float4*)(x + (size_t)i * H);
+    if ((H & 3) == 0) {
+        for (int k = threadIdx.x; k < (H >> 2); k += blockDim.x) dst[k] = src[k];
+    } else {
+        for (int k = threadIdx.x; k < H; k += blockDim.x)
+            x[(size_t)i * H + k] = table[(size_t)tok * H + k];
+    }
+}
+
+// Order-preserving key of (value, index): larger values win, then smaller indices.
+__device__ __forceinline__ u64 argmax_key(float v, u32 idx) {
+    u32 b = __float_as_uint(v);
+    if (v != v) b = 0;  // NaN never wins
+    else b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return ((u64)b << 32) | (u64)(0xffffffffu - idx);
+}
+
+__device__ __forceinline__ u64 umax64(u64 a, u64 b) { return a > b ? a : b; }
+
+__device__ __forceinline__ void block_argmax_commit(u64 key, u64* best) {
+    __shared__ u64 shk[32];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) key = umax64(key, __shfl_xor_sync(FULL_MASK, key, o));
+    if (lane == 0) shk[w] = key;
+    __syncthreads();
+    if (w == 0) {
+        u64 k = lane < nw ? shk[lane] : 0ull;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) k = umax64(k, __shfl_xor_sync(FULL_MASK, k, o));
+        if (lane == 0 && k != 0ull) atomicMax(best, k);
+    }
+}
+
+// LM head: logits[r][v] = Σ_k W[v][k]·x[r][k], W in f16 (V × H, H % 8 == 0), f32
+// accumulation, up to 8 rows of x per pass over W. Each warp takes HEAD_RPW consecutive
+// vocabulary rows; with `best` non-null (one row of x) the block's arg-max is folded into
+// *best with one atomic per block, so greedy decoding reads back 8 bytes, not the logits.
+#define HEAD_RPW 4
+#define HEAD_MAXR 8
+extern "C" __global__ void __launch_bounds__(256)
+head_gemv(const uint4* __restrict__ W, const float* __restrict__ x, float* __restrict__ logits,
+          int V, int H, int rows, u64* best) {
+    int lane = threadIdx.x & 31;
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int hw = H >> 3;
+    u64 key = 0ull;
+    for (int rr = 0; rr < HEAD_RPW; rr++) {
+        int v = warp * HEAD_RPW + rr;
+        if (v >= V) break;
+        const uint4* wr = W + (size_t)v * hw;
+        float acc[HEAD_MAXR];
+#pragma unroll
+        for (int r = 0; r < HEAD_MAXR; r++) acc[r] = 0.0f;
+        for (int j0 = lane; j0 < hw; j0 += 128) {
+            uint4 p[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int j = j0 + 32 * u;
+                p[u] = j < hw ? ld_stream(wr + j) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int j = j0 + 32 * u;
+                if (j >= hw) break;
+                float wf[8];
+                wf[0] = h2f((u16)(p[u].x & 0xffff)); wf[1] = h2f((u16)(p[u].x >> 16));
+                wf[2] = h2f((u16)(p[u].y & 0xffff)); wf[3] = h2f((u16)(p[u].y >> 16));
+                wf[4] = h2f((u16)(p[u].z & 0xffff)); wf[5] = h2f((u16)(p[u].z >> 16));
+                wf[6] = h2f((u16)(p[u].w & 0xffff)); wf[7] = h2f((u16)(p[u].w >> 16));
+#pragma unroll
+                for (int r = 0; r < HEAD_MAXR; r++) {
+                    if (r < rows) {
+                        const float4* xr = (const float4*)(x + (size_t)r * H) + 2 * j;
+                        float4 xa = __ldg(xr), xb = __ldg(xr + 1);
+                        acc[r] += wf[0] * xa.x + wf[1] * xa.y + wf[2] * xa.z + wf[3] * xa.w +
+                                  wf[4] * xb.x + wf[5] * xb.y + wf[6] * xb.z + wf[7] * xb.w;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < HEAD_MAXR; r++) {
+            if (r < rows) {
+                float s = warp_sum(acc[r]);
+                if (lane == 0) logits[(size_t)r * V + v] = s;
+                if (r == 0) key = umax64(key, argmax_key(s, (u32)v));
+            }
+        }
+    }
+    if (best) block_argmax_commit(key, best);
+}
+
+// Arg-max of a vector into *best (which the caller zeroes first); grid-stride blocks.
+extern "C" __global__ void __launch_bounds__(256)
+argmax_f32(const float* __restrict__ x, int n, u64* best) {
+    u64 key = 0ull;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        key = umax64(key, argmax_key(x[i], (u32)i));
+    block_argmax_commit(key, best);
+}
+
+// Copy kernel for the bandwidth baseline (16-byte loads and stores, grid-stride).
+extern "C" __global__ void copy_u4(const uint4* __restrict__ src, uint4* __restrict__ dst, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        dst[i] = src[i];
+}

@@ -1,0 +1,379 @@
+//! Wrappers of `ops.cu`: fused RMSNorm→int8, RMSNorm, RoPE + KV append, embedding lookup,
+//! the f16 LM head with its fused arg-max, arg-max, and a copy kernel for the bandwidth
+//! baseline.
+
+use super::ternary::{padded_cols, DevActs};
+use super::{Arg, CudaDevice, DevBuf, Stream, K};
+use crate::error::{Error, Result};
+use crate::nn::rope::RopeStyle;
+
+fn need(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::shape(op, msg()))
+    }
+}
+
+/// RMSNorm (weight `w`, length `k`) of rows `row0 .. row0+m` of `x` (rows of `k`), each
+/// quantized to int8 into `acts` (whose row stride becomes `padded_cols(k)`).
+pub fn rmsnorm_quant(
+    dev: &CudaDevice,
+    stream: &Stream,
+    x: &DevBuf<f32>,
+    row0: usize,
+    m: usize,
+    k: usize,
+    w: &DevBuf<f32>,
+    eps: f32,
+    acts: &mut DevActs,
+) -> Result<()> {
+    let kp = padded_cols(k);
+    need(
+        "cuda::rmsnorm_quant",
+        w.len() == k && x.len() >= (row0 + m) * k,
+        || {
+            format!(
+                "x holds {}, norm weight {}, for rows {row0}+{m} of {k}",
+                x.len(),
+                w.len()
+            )
+        },
+    )?;
+    need(
+        "cuda::rmsnorm_quant",
+        acts.q.len() >= m * kp && acts.f.len() >= m,
+        || format!("activation buffer too small for {m}×{kp}"),
+    )?;
+    acts.k = k;
+    acts.kp = kp;
+    acts.rows = m;
+    dev.launch(
+        K::RmsnormQuant,
+        stream,
+        (m as u32, 1, 1),
+        (256, 1, 1),
+        0,
+        &[
+            Arg::P(x.ptr_at(row0 * k)),
+            Arg::P(w.ptr()),
+            Arg::I(k as i32),
+            Arg::I(kp as i32),
+            Arg::F(eps),
+            Arg::P(acts.q.ptr()),
+            Arg::P(acts.f.ptr()),
+            Arg::P(acts.s.ptr()),
+        ],
+    )
+}
+
+/// RMSNorm in f32 of rows `row0 .. row0+m` of `x` into the first `m` rows of `out`.
+pub fn rmsnorm(
+    dev: &CudaDevice,
+    stream: &Stream,
+    x: &DevBuf<f32>,
+    row0: usize,
+    m: usize,
+    k: usize,
+    w: &DevBuf<f32>,
+    eps: f32,
+    out: &mut DevBuf<f32>,
+) -> Result<()> {
+    need(
+        "cuda::rmsnorm",
+        w.len() == k && x.len() >= (row0 + m) * k && out.len() >= m * k,
+        || {
+            format!(
+                "x {}, w {}, out {} for rows {row0}+{m} of {k}",
+                x.len(),
+                w.len(),
+                out.len()
+            )
+        },
+    )?;
+    dev.launch(
+        K::RmsnormF32,
+        stream,
+        (m as u32, 1, 1),
+        (256, 1, 1),
+        0,
+        &[
+            Arg::P(x.ptr_at(row0 * k)),
+            Arg::P(w.ptr()),
+            Arg::I(k as i32),
+            Arg::F(eps),
+            Arg::P(out.ptr()),
+        ],
+    )
+}
+
+/// Attention shapes on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Positions the cache holds (stride between KV heads).
+    pub max_ctx: usize,
+}
+
+impl AttnDims {
+    /// Width of one fused q|k|v row.
+    pub fn qkv_width(&self) -> usize {
+        (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+    }
+
+    /// Elements of one layer's key (or value) cache.
+    pub fn cache_len(&self) -> usize {
+        self.n_kv_heads * self.max_ctx * self.head_dim
+    }
+
+    fn check(&self) -> Result<()> {
+        let s = self;
+        need(
+            "cuda attention",
+            s.n_kv_heads > 0
+                && s.n_heads.is_multiple_of(s.n_kv_heads)
+                && s.head_dim > 0
+                && s.head_dim.is_multiple_of(2)
+                && s.head_dim <= 1024,
+            || format!("{s:?}"),
+        )
+    }
+}
+
+/// cos/sin tables of RoPE, computed exactly as [`crate::nn::rope::Rope::new`] does.
+pub struct RopeTables {
+    cos: DevBuf<f32>,
+    sin: DevBuf<f32>,
+    head_dim: usize,
+    max_pos: usize,
+    neox: bool,
+}
+
+impl RopeTables {
+    pub fn new(
+        dev: &CudaDevice,
+        stream: &Stream,
+        head_dim: usize,
+        max_pos: usize,
+        theta: f32,
+        style: RopeStyle,
+    ) -> Result<Self> {
+        need(
+            "cuda rope",
+            head_dim > 0 && head_dim.is_multiple_of(2),
+            || format!("head dimension {head_dim} must be even"),
+        )?;
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            for &f in &inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let t = RopeTables {
+            cos: dev.upload_exact(stream, &cos)?,
+            sin: dev.upload_exact(stream, &sin)?,
+            head_dim,
+            max_pos,
+            neox: style == RopeStyle::Neox,
+        };
+        stream.sync()?;
+        Ok(t)
+    }
+}
+
+/// Rotate q and k of `m` fused q|k|v rows (positions `ctl[0] ..`) in place and append k, v
+/// to the f16 caches of one layer.
+pub fn rope_kv(
+    dev: &CudaDevice,
+    stream: &Stream,
+    qkv: &mut DevBuf<f32>,
+    m: usize,
+    kc: &mut DevBuf<u16>,
+    vc: &mut DevBuf<u16>,
+    rope: &RopeTables,
+    ctl: &DevBuf<i32>,
+    d: AttnDims,
+) -> Result<()> {
+    d.check()?;
+    need(
+        "cuda::rope_kv",
+        qkv.len() >= m * d.qkv_width()
+            && kc.len() >= d.cache_len()
+            && vc.len() >= d.cache_len()
+            && rope.head_dim == d.head_dim
+            && rope.max_pos >= d.max_ctx,
+        || format!("buffers do not fit {d:?} for {m} tokens"),
+    )?;
+    dev.launch(
+        K::RopeKv,
+        stream,
+        (m as u32, (d.n_heads + d.n_kv_heads) as u32, 1),
+        ((d.head_dim / 2).min(256) as u32, 1, 1),
+        0,
+        &[
+            Arg::P(qkv.ptr()),
+            Arg::P(kc.ptr()),
+            Arg::P(vc.ptr()),
+            Arg::P(rope.cos.ptr()),
+            Arg::P(rope.sin.ptr()),
+            Arg::P(ctl.ptr()),
+            Arg::I(d.n_heads as i32),
+            Arg::I(d.n_kv_heads as i32),
+            Arg::I(d.head_dim as i32),
+            Arg::I(d.max_ctx as i32),
+            Arg::I(rope.neox as i32),
+        ],
+    )
+}
+
+/// Embedding rows (f32 table, `h` wide) of the `m` tokens in `ctl[2..]` into `x`; clears
+/// `best` (the LM head's arg-max slot) when given.
+pub fn embed(
+    dev: &CudaDevice,
+    stream: &Stream,
+    table: &DevBuf<f32>,
+    h: usize,
+    ctl: &DevBuf<i32>,
+    m: usize,
+    x: &mut DevBuf<f32>,
+    best: Option<&DevBuf<u64>>,
+) -> Result<()> {
+    need(
+        "cuda::embed",
+        x.len() >= m * h && ctl.len() >= 2 + m,
+        || {
+            format!(
+                "x holds {}, ctl {}, for {m} rows of {h}",
+                x.len(),
+                ctl.len()
+            )
+        },
+    )?;
+    dev.launch(
+        K::EmbedRows,
+        stream,
+        (m as u32, 1, 1),
+        (256, 1, 1),
+        0,
+        &[
+            Arg::P(table.ptr()),
+            Arg::P(ctl.ptr()),
+            Arg::P(x.ptr()),
+            Arg::I(h as i32),
+            Arg::P(best.map_or(0, |b| b.ptr())),
+        ],
+    )
+}
+
+/// Decode an arg-max slot: the index of the largest value (smallest index among ties).
+pub fn argmax_index(key: u64) -> Option<u32> {
+    if key == 0 {
+        None
+    } else {
+        Some(0xffff_ffffu32 - (key & 0xffff_ffff) as u32)
+    }
+}
+
+/// LM head: `logits[r] = W·x[r]` for `rows` rows of `x` (`h` wide), `W` f16 (`v × h`).
+/// With `best` (and one row) the arg-max is folded into `*best` (cleared beforehand by the
+/// caller, e.g. by [`embed`]).
+pub fn head(
+    dev: &CudaDevice,
+    stream: &Stream,
+    w: &DevBuf<u16>,
+    v: usize,
+    h: usize,
+    x: &DevBuf<f32>,
+    rows: usize,
+    logits: &mut DevBuf<f32>,
+    best: Option<&DevBuf<u64>>,
+) -> Result<()> {
+    need(
+        "cuda::head",
+        h.is_multiple_of(8) && w.len() == v * h && x.len() >= rows * h && logits.len() >= rows * v,
+        || format!("head {}×{h} (h must be a multiple of 8), {rows} rows", v),
+    )?;
+    need("cuda::head", best.is_none() || rows == 1, || {
+        "arg-max needs one row".into()
+    })?;
+    let blocks = v.div_ceil(32) as u32; // 8 warps × 4 vocabulary rows per block
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = (rows - r0).min(8);
+        dev.launch(
+            K::HeadGemv,
+            stream,
+            (blocks, 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::P(w.ptr()),
+                Arg::P(x.ptr_at(r0 * h)),
+                Arg::P(logits.ptr_at(r0 * v)),
+                Arg::I(v as i32),
+                Arg::I(h as i32),
+                Arg::I(nr as i32),
+                Arg::P(best.map_or(0, |b| b.ptr())),
+            ],
+        )?;
+        r0 += nr;
+    }
+    Ok(())
+}
+
+/// Arg-max of the first `n` values of `x` into `best` (cleared first).
+pub fn argmax(
+    dev: &CudaDevice,
+    stream: &Stream,
+    x: &DevBuf<f32>,
+    n: usize,
+    best: &mut DevBuf<u64>,
+) -> Result<()> {
+    need("cuda::argmax", x.len() >= n && n > 0, || {
+        format!("{n} of {}", x.len())
+    })?;
+    best.fill_bytes(stream, 0)?;
+    let blocks = n.div_ceil(256).min(1024) as u32;
+    dev.launch(
+        K::ArgmaxF32,
+        stream,
+        (blocks, 1, 1),
+        (256, 1, 1),
+        0,
+        &[Arg::P(x.ptr()), Arg::I(n as i32), Arg::P(best.ptr())],
+    )
+}
+
+/// Device-to-device copy of `bytes` (a multiple of 16) with the copy kernel.
+pub fn copy(
+    dev: &CudaDevice,
+    stream: &Stream,
+    src: &DevBuf<u8>,
+    dst: &mut DevBuf<u8>,
+    bytes: usize,
+) -> Result<()> {
+    need(
+        "cuda::copy",
+        bytes.is_multiple_of(16) && src.len() >= bytes && dst.len() >= bytes,
+        || format!("{bytes} bytes"),
+    )?;
+    let blocks = (dev.sm_count() * 8).max(1) as u32;
+    let n = (bytes / 16) as u64;
+    dev.launch(
+        K::CopyU4,
+        stream,
+        (blocks, 1, 1),
+        (256, 1, 1),
+        0,
+        &[Arg::P(src.ptr()), Arg::P(dst.ptr()), Arg::P(n)],
+    )
+}

@@ -1,0 +1,241 @@
+// Ternary × int8 products. Weights are packed 2 bits per weight as the code c = w + 1
+// (0, 1, 2), 16 weights per u32, a row padded to a multiple of 64 weights (one uint4):
+// weight k of a 16-weight group sits at bit 8·(k%4) + 2·(k/4), so `(word >> 2i) & 0x03030303`
+// yields the four codes of weights 4i..4i+3 as four bytes, in activation order, ready for
+// __dp4a or as an int8 MMA operand. With codes, Σ w·x = Σ c·x − Σ x; the quantizer stores
+// Σ x per row (`xs`), so no per-weight subtraction is needed.
+
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+    uint4 r;
+    asm("ld.global.cs.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ int dot16(u32 w, int4 x, int acc) {
+    acc = __dp4a((int)(w & 0x03030303u), x.x, acc);
+    acc = __dp4a((int)((w >> 2) & 0x03030303u), x.y, acc);
+    acc = __dp4a((int)((w >> 4) & 0x03030303u), x.z, acc);
+    acc = __dp4a((int)((w >> 6) & 0x03030303u), x.w, acc);
+    return acc;
+}
+
+__device__ __forceinline__ int dot64(uint4 w, const int4* x, int acc) {
+    acc = dot16(w.x, x[0], acc);
+    acc = dot16(w.y, x[1], acc);
+    acc = dot16(w.z, x[2], acc);
+    acc = dot16(w.w, x[3], acc);
+    return acc;
+}
+
+// One output of row n: (acc − Σx)·(scale_n·factor) (+ bias_n), in the CPU's order.
+__device__ __forceinline__ float tern_value(int acc, int xs, float rs, float xf,
+                                           const float* bias, int n) {
+    float s = rs * xf;
+    float v = (float)(acc - xs) * s;
+    if (bias) v = v + bias[n];
+    return v;
+}
+
+// Matrix-vector product for one token. Each warp computes two adjacent rows (so that a
+// gate/up pair of the fused FFN matrix lands in one warp) over the whole row, four
+// independent 16-byte weight loads in flight per lane; 4 warps per block, so N = 2560
+// gives 320 blocks, more than two per SM.
+#define GEMV_UNROLL 4
+extern "C" __global__ void __launch_bounds__(128)
+tern_gemv(const uint4* __restrict__ W, const i8* __restrict__ xq,
+          const float* __restrict__ xf, const i32* __restrict__ xs,
+          const float* __restrict__ rs, const float* __restrict__ bias,
+          float* __restrict__ out, int N, int kw, int mode) {
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    int r0 = warp * 2;
+    if (r0 >= N) return;
+    int r1 = r0 + 1 < N ? r0 + 1 : r0;
+    const uint4* w0 = W + (size_t)r0 * kw;
+    const uint4* w1 = W + (size_t)r1 * kw;
+    const int4* x4 = (const int4*)xq;
+    int a0 = 0, a1 = 0;
+    for (int j0 = lane; j0 < kw; j0 += 32 * GEMV_UNROLL) {
+        uint4 p0[GEMV_UNROLL], p1[GEMV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            int j = j0 + 32 * u;
+            if (j < kw) {
+                p0[u] = ld_stream(w0 + j);
+                p1[u] = ld_stream(w1 + j);
+            } else {
+                p0[u] = make_uint4(0, 0, 0, 0);
+                p1[u] = make_uint4(0, 0, 0, 0);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            int j = j0 + 32 * u;
+            if (j < kw) {
+                int4 xv[4];
+                xv[0] = __ldg(x4 + 4 * j);
+                xv[1] = __ldg(x4 + 4 * j + 1);
+                xv[2] = __ldg(x4 + 4 * j + 2);
+                xv[3] = __ldg(x4 + 4 * j + 3);
+                a0 = dot64(p0[u], xv, a0);
+                a1 = dot64(p1[u], xv, a1);
+            }
+        }
+    }
+    a0 = warp_sum_i(a0);
+    a1 = warp_sum_i(a1);
+    if (lane != 0) return;
+    float f = xf[0];
+    int s = xs[0];
+    float v0 = tern_value(a0, s, rs[r0], f, bias, r0);
+    if (mode == EPI_RELU2) {
+        float v1 = tern_value(a1, s, rs[r1], f, bias, r1);
+        float r = fmaxf(v0, 0.0f);
+        out[r0 >> 1] = r * r * v1;
+        return;
+    }
+    if (mode == EPI_ADD) {
+        out[r0] = out[r0] + v0;
+    } else {
+        out[r0] = v0;
+    }
+    if (r1 != r0) {
+        float v1 = tern_value(a1, s, rs[r1], f, bias, r1);
+        if (mode == EPI_ADD) {
+            out[r1] = out[r1] + v1;
+        } else {
+            out[r1] = v1;
+        }
+    }
+}
+
+// Matrix-matrix product for prefill on the int8 tensor cores (mma.sync m16n8k32 s8·s8→s32).
+// Block tile 64 (tokens) × 128 (rows of W) × 64 (k), 8 warps of 32×32, codes decoded from
+// the packed words into shared memory; the next k-tile's global loads are issued before the
+// current tile's MMAs. Rows of shared memory are 80 bytes apart so that the fragment loads
+// of a warp hit 32 different banks.
+#define GM_BM 64
+#define GM_BN 128
+#define GM_BK 64
+#define GM_LD 80
+
+__device__ __forceinline__ void mma_s8(int* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void tern_store(float* out, int M, int N, int m, int n, int acc0,
+                                           int acc1, const float* xf, const i32* xs,
+                                           const float* rs, const float* bias, int mode) {
+    if (m >= M) return;
+    float f = xf[m];
+    int s = xs[m];
+    if (mode == EPI_RELU2) {
+        if (n + 1 >= N) return;
+        float g = tern_value(acc0, s, rs[n], f, bias, n);
+        float u = tern_value(acc1, s, rs[n + 1], f, bias, n + 1);
+        float r = fmaxf(g, 0.0f);
+        out[(size_t)m * (N >> 1) + (n >> 1)] = r * r * u;
+        return;
+    }
+    float* o = out + (size_t)m * N;
+    if (n < N) {
+        float v = tern_value(acc0, s, rs[n], f, bias, n);
+        o[n] = mode == EPI_ADD ? o[n] + v : v;
+    }
+    if (n + 1 < N) {
+        float v = tern_value(acc1, s, rs[n + 1], f, bias, n + 1);
+        o[n + 1] = mode == EPI_ADD ? o[n + 1] + v : v;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+tern_gemm(const uint4* __restrict__ W, const i8* __restrict__ xq,
+          const float* __restrict__ xf, const i32* __restrict__ xs,
+          const float* __restrict__ rs, const float* __restrict__ bias,
+          float* __restrict__ out, int M, int N, int kw, int mode) {
+    __shared__ __align__(16) u8 As[GM_BM * GM_LD];
+    __shared__ __align__(16) u8 Bs[GM_BN * GM_LD];
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    int wm = warp >> 2, wn = warp & 3;
+    int g = lane >> 2, t = lane & 3;
+    int m0 = blockIdx.y * GM_BM, n0 = blockIdx.x * GM_BN;
+    int kp = kw * 64;
+
+    // Global → register staging: A one int4 per thread, B half a packed row per thread.
+    int a_row = tid >> 2, a_c = tid & 3;
+    int b_row = tid >> 1, b_h = tid & 1;
+    bool a_ok = m0 + a_row < M, b_ok = n0 + b_row < N;
+    const int4* a_src = (const int4*)(xq + (size_t)(m0 + a_row) * kp) + a_c;
+    const uint2* b_src = (const uint2*)(W + (size_t)(n0 + b_row) * kw) + b_h;
+    int4 a_reg = make_int4(0, 0, 0, 0);
+    uint2 b_reg = make_uint2(0, 0);
+    if (a_ok) a_reg = __ldg(a_src);
+    if (b_ok) b_reg = __ldg(b_src);
+
+    int acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0;
+
+    for (int kt = 0; kt < kw; kt++) {
+        __syncthreads();
+        *(int4*)(As + a_row * GM_LD + a_c * 16) = a_reg;
+        {
+            u32 w0 = b_reg.x, w1 = b_reg.y;
+            int4 d0 = make_int4((int)(w0 & 0x03030303u), (int)((w0 >> 2) & 0x03030303u),
+                                (int)((w0 >> 4) & 0x03030303u), (int)((w0 >> 6) & 0x03030303u));
+            int4 d1 = make_int4((int)(w1 & 0x03030303u), (int)((w1 >> 2) & 0x03030303u),
+                                (int)((w1 >> 4) & 0x03030303u), (int)((w1 >> 6) & 0x03030303u));
+            *(int4*)(Bs + b_row * GM_LD + b_h * 32) = d0;
+            *(int4*)(Bs + b_row * GM_LD + b_h * 32 + 16) = d1;
+        }
+        __syncthreads();
+        if (kt + 1 < kw) {
+            if (a_ok) a_reg = __ldg(a_src + 4 * (kt + 1));
+            if (b_ok) b_reg = __ldg(b_src + 2 * (kt + 1));
+        }
+#pragma unroll
+        for (int kk = 0; kk < GM_BK; kk += 32) {
+            u32 af[2][4], bf[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const u8* base = As + (wm * 32 + i * 16 + g) * GM_LD + kk + t * 4;
+                af[i][0] = *(const u32*)(base);
+                af[i][1] = *(const u32*)(base + 8 * GM_LD);
+                af[i][2] = *(const u32*)(base + 16);
+                af[i][3] = *(const u32*)(base + 8 * GM_LD + 16);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const u8* base = Bs + (wn * 32 + j * 8 + g) * GM_LD + kk + t * 4;
+                bf[j][0] = *(const u32*)(base);
+                bf[j][1] = *(const u32*)(base + 16);
+            }
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    mma_s8(acc[i][j], af[i][0], af[i][1], af[i][2], af[i][3], bf[j][0], bf[j][1]);
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int m = m0 + wm * 32 + i * 16 + g;
+            int n = n0 + wn * 32 + j * 8 + t * 2;
+            tern_store(out, M, N, m, n, acc[i][j][0], acc[i][j][1], xf, xs, rs, bias, mode);
+            tern_store(out, M, N, m + 8, n, acc[i][j][2], acc[i][j][3], xf, xs, rs, bias, mode);
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! The BitNet b1.58 forward pass on an NVIDIA GPU (feature `cuda`).
+//!
+//! [`CudaModel::new`] uploads the weights of a CPU [`Model`] once: q, k, v fused into one
+//! ternary matrix, gate and up interleaved row by row so that one product writes
+//! `relu(gate)²·up`, the embeddings as f32 (exact lookups) and the LM head as f16. The model
+//! keeps its own f16 KV cache and scratch buffers on the device, allocated up front, so the
+//! decode loop allocates nothing. [`CudaModel::greedy_next`] runs one decode step (captured
+//! once into a CUDA graph and replayed) and reads back only the chosen token id.
+//!
+//! Per layer: RMSNorm→int8 (one kernel) → qkv product → RoPE + KV append → attention →
+//! RMSNorm→int8 → o product with the residual add fused → RMSNorm→int8 → gate/up product
+//! with relu²·up fused → RMSNorm→int8 → down product with the residual add fused.
+
+use std::sync::Arc;
+
+use bitnet_core::cuda::attention::attention;
+use bitnet_core::cuda::ops::{self, AttnDims, RopeTables};
+use bitnet_core::cuda::ternary::{matmul, DevActs, DevTernary, Epilogue};
+use bitnet_core::cuda::{CudaDevice, DevBuf, Graph, Stream};
+use bitnet_core::quant::dense::DenseMatrix;
+use rayon::prelude::*;
+
+use crate::bitnet::{Config, Logits, Model};
+use crate::{Error, Result};
+
+/// Options of [`CudaModel::with_options`].
+#[derive(Debug, Clone)]
+pub struct CudaOptions {
+    /// Context length of the GPU KV cache (default: the model's `max_ctx`).
+    pub max_ctx: Option<usize>,
+    /// Tokens per prefill chunk (longer prompts run in chunks); sizes the scratch buffers.
+    pub max_batch: usize,
+    /// Capture the decode step in a CUDA graph and replay it.
+    pub use_graph: bool,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            max_ctx: None,
+            max_batch: 512,
+            use_graph: true,
+        }
+    }
+}
+
+struct GpuLayer {
+    attn_norm: DevBuf<f32>,
+    qkv: DevTernary,
+    o: DevTernary,
+    attn_sub_norm: DevBuf<f32>,
+    ffn_norm: DevBuf<f32>,
+    gate_up: DevTernary,
+    down: DevTernary,
+    ffn_sub_norm: DevBuf<f32>,
+    kc: DevBuf<u16>,
+    vc: DevBuf<u16>,
+}
+
+/// A model resident on one GPU, with its KV cache.
+pub struct CudaModel {
+    dev: Arc<CudaDevice>,
+    stream: Stream,
+    config: Config,
+    dims: AttnDims,
+    layers: Vec<GpuLayer>,
+    embed: DevBuf<f32>,
+    head: DevBuf<u16>,
+    norm: DevBuf<f32>,
+    rope: RopeTables,
+    ctl: DevBuf<i32>,
+    x: DevBuf<f32>,
+    qkv: DevBuf<f32>,
+    attn: DevBuf<f32>,
+    ffn: DevBuf<f32>,
+    acts: DevActs,
+    xn: DevBuf<f32>,
+    logits1: DevBuf<f32>,
+    best: DevBuf<u64>,
+    ctl_host: Vec<i32>,
+    pos: usize,
+    max_batch: usize,
+    max_ctx: usize,
+    use_graph: bool,
+    graph: Option<Graph>,
+    graph_note: Option<String>,
+    weight_bytes: usize,
+}
+
+fn upload_f32(dev: &CudaDevice, s: &Stream, v: &[f32]) -> Result<DevBuf<f32>> {
+    Ok(dev.upload_exact(s, v)?)
+}
+
+/// All rows of a dense matrix as f32, in parallel.
+fn dense_rows_f32(m: &DenseMatrix) -> Result<Vec<f32>> {
+    let (rows, cols) = (m.rows(), m.cols());
+    let mut out = vec![0.0f32; rows * cols];
+    if cols == 0 {
+        return Ok(out);
+    }
+    out.par_chunks_mut(cols)
+        .enumerate()
+        .try_for_each(|(r, row)| m.row_f32(r, row))?;
+    Ok(out)
+}
+
+impl CudaModel {
+    /// Upload `model` to CUDA device `ordinal` with default options.
+    pub fn new(model: &Model, ordinal: usize) -> Result<CudaModel> {
+        Self::with_options(model, ordinal, CudaOptions::default())
+    }
+
+    pub fn with_options(model: &Model, ordinal: usize, opts: CudaOptions) -> Result<CudaModel> {
+        let c = model.config.clone();
+        let dev = CudaDevice::new(ordinal)?;
+        let stream = dev.new_stream()?;
+        let s = &stream;
+        let max_ctx = opts.max_ctx.unwrap_or(c.max_ctx).min(c.max_ctx).max(1);
+        let max_batch = opts.max_batch.clamp(1, max_ctx);
+        if c.head_dim > 256 || !c.head_dim.is_multiple_of(32) || !c.hidden.is_multiple_of(8) {
+            return Err(Error::InvalidArgument(format!(
+                "CUDA backend needs head_dim a multiple of 32 up to 256 and a hidden size divisible by 8 (got {} and {})",
+                c.head_dim, c.hidden
+            )));
+        }
+        let dims = AttnDims {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            max_ctx,
+        };
+        let mut weight_bytes = 0;
+        let mut layers = Vec::with_capacity(model.layers.len());
+        for l in &model.layers {
+            let qkv = DevTernary::from_bitlinear(&dev, s, &[&l.q, &l.k, &l.v], false)?;
+            let o = DevTernary::from_bitlinear(&dev, s, &[&l.o], false)?;
+            let gate_up = DevTernary::from_bitlinear(&dev, s, &[&l.gate, &l.up], true)?;
+            let down = DevTernary::from_bitlinear(&dev, s, &[&l.down], false)?;
+            weight_bytes += qkv.nbytes() + o.nbytes() + gate_up.nbytes() + down.nbytes();
+            let mut kc = dev.alloc_exact::<u16>(dims.cache_len())?;
+            let mut vc = dev.alloc_exact::<u16>(dims.cache_len())?;
+            kc.fill_bytes(s, 0)?;
+            vc.fill_bytes(s, 0)?;
+            layers.push(GpuLayer {
+                attn_norm: upload_f32(&dev, s, &l.attn_norm)?,
+                qkv,
+                o,
+                attn_sub_norm: upload_f32(&dev, s, &l.attn_sub_norm)?,
+                ffn_norm: upload_f32(&dev, s, &l.ffn_norm)?,
+                gate_up,
+                down,
+                ffn_sub_norm: upload_f32(&dev, s, &l.ffn_sub_norm)?,
+                kc,
+                vc,
+            });
+        }
+        let embed_f32 = dense_rows_f32(&model.embed)?;
+        let head_f32;
+        let head_src: &[f32] = match &model.lm_head {
+            Some(h) => {
+                head_f32 = dense_rows_f32(h)?;
+                &head_f32
+            }
+            None => &embed_f32,
+        };
+        let head_f16: Vec<u16> = head_src
+            .par_iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect();
+        weight_bytes += head_f16.len() * 2;
+        let embed = upload_f32(&dev, s, &embed_f32)?;
+        let head = dev.upload_exact(s, &head_f16)?;
+        s.sync()?;
+        drop(head_f16);
+        drop(embed_f32);
+        let norm = upload_f32(&dev, s, &model.norm)?;
+        let rope = RopeTables::new(
+            &dev,
+            s,
+            c.head_dim,
+            max_ctx,
+            c.rope_theta,
+            model.rope.style(),
+        )?;
+        let (h, qd, ff) = (c.hidden, c.q_dim(), c.intermediate);
+        let mb = max_batch;
+        let kmax = h.max(qd).max(ff);
+        let m = CudaModel {
+            ctl: dev.alloc(2 + mb)?,
+            x: dev.alloc(mb * h)?,
+            qkv: dev.alloc(mb * dims.qkv_width())?,
+            attn: dev.alloc(mb * qd)?,
+            ffn: dev.alloc(mb * ff)?,
+            acts: DevActs::new(&dev, mb, kmax)?,
+            xn: dev.alloc(mb.min(8) * h)?,
+            logits1: dev.alloc(c.vocab_size)?,
+            best: dev.alloc(1)?,
+            ctl_host: vec![0; 2 + mb],
+            dev,
+            stream,
+            dims,
+            layers,
+            embed,
+            head,
+            norm,
+            rope,
+            pos: 0,
+            max_batch,
+            max_ctx,
+            use_graph: opts.use_graph,
+            graph: None,
+            graph_note: None,
+            weight_bytes,
+            config: c,
+        };
+        Ok(m)
+    }
+
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        &self.dev
+    }
+
+    /// "NVIDIA H100 80GB HBM3 (sm_90)".
+    pub fn device_name(&self) -> String {
+        format!("{} ({})", self.dev.name(), self.dev.arch())
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Positions filled in the KV cache.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Context length of the GPU cache.
+    pub fn max_ctx(&self) -> usize {
+        self.max_ctx
+    }
+
+    /// Forget the cache (positions restart at 0).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Drop positions from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        self.pos = self.pos.min(len);
+    }
+
+    /// Bytes of weights on the device (packed ternary + f16 head; the f32 embedding table
+    /// is read one row per token and not counted).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    /// Turn graph capture/replay of the decode step on or off (off drops a captured graph).
+    pub fn set_use_graph(&mut self, on: bool) {
+        self.use_graph = on;
+        if !on {
+            self.graph = None;
+        }
+    }
+
+    /// Whether greedy decode replays a CUDA graph, or why not.
+    pub fn graph_status(&self) -> String {
+        match (&self.graph, &self.graph_note, self.use_graph) {
+            (Some(_), _, _) => "CUDA graph replay".into(),
+            (None, Some(n), _) => format!("eager launches ({n})"),
+            (None, None, false) => "eager launches (graphs disabled)".into(),
+            (None, None, true) => "graph not captured yet".into(),
+        }
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument("forward: no tokens".into()));
+        }
+        if let Some(&t) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "token id {t} is outside the vocabulary (size {})",
+                self.config.vocab_size
+            )));
+        }
+        if self.pos + tokens.len() > self.max_ctx {
+            return Err(Error::ContextFull {
+                needed: self.pos + tokens.len(),
+                limit: self.max_ctx,
+            });
+        }
+        Ok(())
+    }
+
+    fn upload_ctl(&mut self, tokens: &[u32]) -> Result<()> {
+        let m = tokens.len();
+        self.ctl_host[0] = self.pos as i32;
+        self.ctl_host[1] = m as i32;
+        for (d, &t) in self.ctl_host[2..2 + m].iter_mut().zip(tokens) {
+            *d = t as i32;
+        }
+        self.ctl.copy_from(&self.stream, &self.ctl_host[..2 + m])?;
+        Ok(())
+    }
+
+    /// Queue the layers for `m` tokens whose ids and first position are in `ctl`.
+    fn enqueue_layers(&mut self, m: usize, max_positions: usize, best: bool) -> Result<()> {
+        let c = &self.config;
+        let (dev, s) = (&*self.dev, &self.stream);
+        let (h, qd, ff, eps) = (c.hidden, c.q_dim(), c.intermediate, c.rms_eps);
+        let best = if best { Some(&self.best) } else { None };
+        ops::embed(dev, s, &self.embed, h, &self.ctl, m, &mut self.x, best)?;
+        for l in &mut self.layers {
+            ops::rmsnorm_quant(dev, s, &self.x, 0, m, h, &l.attn_norm, eps, &mut self.acts)?;
+            matmul(
+                dev,
+                s,
+                &l.qkv,
+                &self.acts,
+                m,
+                &mut self.qkv,
+                Epilogue::Store,
+                false,
+            )?;
+            ops::rope_kv(
+                dev,
+                s,
+                &mut self.qkv,
+                m,
+                &mut l.kc,
+                &mut l.vc,
+                &self.rope,
+                &self.ctl,
+                self.dims,
+            )?;
+            attention(
+                dev,
+                s,
+                &self.qkv,
+                m,
+                &l.kc,
+                &l.vc,
+                &mut self.attn,
+                &self.ctl,
+                self.dims,
+                max_positions,
+            )?;
+            ops::rmsnorm_quant(
+                dev,
+                s,
+                &self.attn,
+                0,
+                m,
+                qd,
+                &l.attn_sub_norm,
+                eps,
+                &mut self.acts,
+            )?;
+            matmul(
+                dev,
+                s,
+                &l.o,
+                &self.acts,
+                m,
+                &mut self.x,
+                Epilogue::Add,
+                false,
+            )?;
+            ops::rmsnorm_quant(dev, s, &self.x, 0, m, h, &l.ffn_norm, eps, &mut self.acts)?;
+            matmul(
+                dev,
+                s,
+                &l.gate_up,
+                &self.acts,
+                m,
+                &mut self.ffn,
+                Epilogue::Relu2,
+                false,
+            )?;
+            ops::rmsnorm_quant(
+                dev,
+                s,
+                &self.ffn,
+                0,
+                m,
+                ff,
+                &l.ffn_sub_norm,
+                eps,
+                &mut self.acts,
+            )?;
+            matmul(
+                dev,
+                s,
+                &l.down,
+                &self.acts,
+                m,
+                &mut self.x,
+                Epilogue::Add,
+                false,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Run `tokens` at the next positions and return logits (`vocab` floats per returned
+    /// position), as [`Model::forward`] does. Prompts longer than the batch size run in
+    /// chunks.
+    pub fn forward(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        self.check_tokens(tokens)?;
+        let v = self.config.vocab_size;
+        let h = self.config.hidden;
+        let eps = self.config.rms_eps;
+        let n_chunks = tokens.len().div_ceil(self.max_batch);
+        let mut out = Vec::new();
+        for (ci, chunk) in tokens.chunks(self.max_batch).enumerate() {
+            let m = chunk.len();
+            self.upload_ctl(chunk)?;
+            let maxp = self.pos + m;
+            self.enqueue_layers(m, maxp, false)?;
+            let (dev, s) = (&*self.dev, &self.stream);
+            match which {
+                Logits::All => {
+                    let mut r0 = 0;
+                    while r0 < m {
+                        let nr = (m - r0).min(8);
+                        ops::rmsnorm(dev, s, &self.x, r0, nr, h, &self.norm, eps, &mut self.xn)?;
+                        let mut part = dev.alloc::<f32>(nr * v)?;
+                        ops::head(dev, s, &self.head, v, h, &self.xn, nr, &mut part, None)?;
+                        out.extend(part.read(s, nr * v)?);
+                        r0 += nr;
+                    }
+                }
+                Logits::Last if ci + 1 == n_chunks => {
+                    ops::rmsnorm(dev, s, &self.x, m - 1, 1, h, &self.norm, eps, &mut self.xn)?;
+                    ops::head(
+                        dev,
+                        s,
+                        &self.head,
+                        v,
+                        h,
+                        &self.xn,
+                        1,
+                        &mut self.logits1,
+                        None,
+                    )?;
+                    out = self.logits1.read(s, v)?;
+                }
+                Logits::Last => {}
+            }
+            self.stream.sync()?;
+            self.pos += m;
+        }
+        Ok(out)
+    }
+
+    fn enqueue_decode(&mut self) -> Result<()> {
+        let max_ctx = self.max_ctx;
+        self.enqueue_layers(1, max_ctx, true)?;
+        let c = &self.config;
+        let (dev, s) = (&*self.dev, &self.stream);
+        ops::rmsnorm(
+            dev,
+            s,
+            &self.x,
+            0,
+            1,
+            c.hidden,
+            &self.norm,
+            c.rms_eps,
+            &mut self.xn,
+        )?;
+        ops::head(
+            dev,
+            s,
+            &self.head,
+            c.vocab_size,
+            c.hidden,
+            &self.xn,
+            1,
+            &mut self.logits1,
+            Some(&self.best),
+        )?;
+        Ok(())
+    }
+
+    /// One greedy decode step: run `token` at the next position and return the arg-max of
+    /// its logits, computed on the GPU (only the token id comes back).
+    pub fn greedy_next(&mut self, token: u32) -> Result<u32> {
+        self.check_tokens(&[token])?;
+        self.upload_ctl(&[token])?;
+        if self.use_graph && self.graph.is_none() && self.graph_note.is_none() {
+            self.stream.begin_capture()?;
+            let queued = self.enqueue_decode();
+            let graph = self.stream.end_capture().map_err(Error::from);
+            match (queued, graph) {
+                (Ok(()), Ok(g)) => self.graph = Some(g),
+                (Err(e), _) | (_, Err(e)) => {
+                    self.graph_note = Some(format!("graph capture failed: {e}"));
+                }
+            }
+        }
+        match &self.graph {
+            Some(g) => g.launch()?,
+            None => self.enqueue_decode()?,
+        }
+        let key = self.best.read(&self.stream, 1)?[0];
+        self.pos += 1;
+        ops::argmax_index(key)
+            .ok_or_else(|| Error::InvalidArgument("greedy_next: every logit was NaN".into()))
+    }
+
+    /// The logits of the last [`CudaModel::greedy_next`] step (for checks; not needed to
+    /// decode).
+    pub fn last_logits(&self) -> Result<Vec<f32>> {
+        Ok(self.logits1.read(&self.stream, self.config.vocab_size)?)
+    }
+}
