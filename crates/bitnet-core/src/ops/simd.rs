@@ -372,13 +372,14 @@ mod avx2 {
     }
 
     /// exp(x) for 8 lanes: Cephes `expf` (range reduction by ln 2 in two parts, degree-5
-    /// polynomial), NaN-propagating, 0 below −87.34 and +∞ above 88.38.
+    /// polynomial), NaN-propagating; +∞ above ln(f32::MAX), gradual underflow down to the
+    /// smallest subnormal and 0 below −103.97.
     #[inline(always)]
     pub unsafe fn exp(x: __m256) -> __m256 {
         // SAFETY: only called from functions compiled with avx2+fma enabled.
         unsafe {
-            let hi = _mm256_set1_ps(88.376_26);
-            let lo = _mm256_set1_ps(-87.336_55);
+            let hi = _mm256_set1_ps(88.722_83);
+            let lo = _mm256_set1_ps(-103.972_08);
             // min/max with x second keep a NaN x (they return the second operand).
             let xc = _mm256_max_ps(lo, _mm256_min_ps(hi, x));
             let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
@@ -394,13 +395,16 @@ mod avx2 {
             y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5));
             let r2 = _mm256_mul_ps(r, r);
             y = _mm256_fmadd_ps(y, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
-            // 2^n from the exponent bits; n ∈ [-126, 127] after the clamp.
+            // Scale by 2^n as 2^(n/2) · 2^(n − n/2): n ∈ [−150, 128] after the clamp, and
+            // each half stays a normal power of two, so results near f32::MAX do not
+            // overflow early and tiny ones underflow gradually, like libm.
             let n = _mm256_cvtps_epi32(fx);
-            let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-                n,
-                _mm256_set1_epi32(127),
-            )));
-            let y = _mm256_mul_ps(y, pow2);
+            let n1 = _mm256_srai_epi32::<1>(n);
+            let n2 = _mm256_sub_epi32(n, n1);
+            let bias = _mm256_set1_epi32(127);
+            let p1 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n1, bias)));
+            let p2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n2, bias)));
+            let y = _mm256_mul_ps(_mm256_mul_ps(y, p1), p2);
             let y = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x, lo), y);
             _mm256_blendv_ps(
                 y,
