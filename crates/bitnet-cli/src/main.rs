@@ -39,6 +39,10 @@ pub struct ModelArgs {
     /// In-memory layout of the ternary weights: i2s (2 bits/weight) or t1 (1.6 bits/weight).
     #[arg(long = "layout", value_parser = ["i2s", "t1"])]
     pub layout: Option<String>,
+    /// Where to run: cpu, cuda, cuda:N, or auto (CUDA when this build has it and a GPU is
+    /// usable, else the CPU).
+    #[arg(long = "device", default_value = "auto")]
+    pub device: String,
 }
 
 /// Sampling options (llama.cpp's names and defaults).

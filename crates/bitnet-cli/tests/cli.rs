@@ -132,6 +132,29 @@ fn sampling_is_seeded_and_independent_of_threads() {
 }
 
 #[test]
+fn device_cuda_without_a_usable_gpu_falls_back_to_the_cpu_with_a_reason() {
+    let o = bitnet(&[
+        "generate",
+        "-m",
+        &i2s(),
+        "-p",
+        "Permission",
+        "-n",
+        "2",
+        "--temp",
+        "0",
+        "--device",
+        "cuda",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("running on the CPU") || err.contains("device: "),
+        "{err}"
+    );
+}
+
+#[test]
 fn logits_writes_one_row_per_position() {
     let out = tmp("logits.json");
     let o = bitnet(&[
@@ -337,6 +360,10 @@ fn bad_input_fails_cleanly() {
         "--bogus",
     );
     assert_clean_failure(&bitnet(&["bench", "--synthetic", "7b", "-r", "1"]), "7b");
+    assert_clean_failure(
+        &bitnet(&["generate", "-m", &i2s(), "-p", "x", "--device", "gpu0"]),
+        "--device",
+    );
     // A config.json that is not JSON.
     let dir = tmp("badcfg");
     std::fs::create_dir_all(&dir).unwrap();

@@ -5,12 +5,35 @@ use std::time::{Duration, Instant};
 
 use crate::bitnet::{Logits, Model, Scratch};
 use crate::kv_cache::{KvCache, KvDType};
-use crate::sampler::Sampler;
+use crate::sampler::{argmax, Sampler};
 use crate::{Error, Result};
 
 /// Rows per prefill batch: bounds scratch memory; the kernels' matrix-matrix products
 /// are tuned up to this size.
 pub const PREFILL_BATCH: usize = 512;
+
+/// Runs the model over its own KV cache, one conversation: the CPU [`Session`] or a GPU
+/// model. The generation loop and perplexity are written against this.
+pub trait Runner {
+    /// Feed tokens at the next positions; the last position's logits, or every position's.
+    fn feed(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>>;
+    /// Feed one token and return the arg-max of the next logits (ties to the lowest id).
+    /// A GPU runner overrides this so that only the token id crosses the bus.
+    fn greedy_step(&mut self, token: u32) -> Result<u32> {
+        Ok(argmax(&self.feed(&[token], Logits::Last)?))
+    }
+    /// Positions used so far.
+    fn position(&self) -> usize;
+    /// Positions the cache holds.
+    fn capacity(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+    /// Forget every position.
+    fn reset(&mut self);
+    /// Drop positions from `len` on (to reuse a shared prefix).
+    fn truncate(&mut self, len: usize);
+    /// Host bytes held besides the weights (KV cache, scratch); 0 when they live on a GPU.
+    fn state_bytes(&self) -> usize;
+}
 
 /// A model with its own KV cache and scratch buffers: one conversation.
 pub struct Session<'m> {
@@ -64,11 +87,6 @@ impl<'m> Session<'m> {
         self.cache.is_empty()
     }
 
-    /// Bytes of the scratch buffers (for memory reports).
-    pub fn scratch_bytes(&self) -> usize {
-        self.scratch.nbytes()
-    }
-
     pub fn reset(&mut self) {
         self.cache.clear();
     }
@@ -105,9 +123,7 @@ impl<'m> Session<'m> {
         Ok(out)
     }
 
-    /// Generate up to `n` tokens after `prompt`, calling `on_token` with each id as soon
-    /// as it is sampled (return `false` from it to stop). Stops early at an
-    /// end-of-generation id when `stop` says so.
+    /// [`generate`] on this session.
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -116,42 +132,116 @@ impl<'m> Session<'m> {
         stop: &dyn Fn(u32) -> bool,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Generation> {
-        let needed = self.cache.len() + prompt.len() + n.saturating_sub(1);
-        if needed > self.cache.max_ctx() {
-            return Err(Error::ContextFull {
-                needed,
-                limit: self.cache.max_ctx(),
-            });
-        }
-        let mut g = Generation {
-            prompt_tokens: prompt.len(),
-            ..Default::default()
-        };
-        if n == 0 {
-            return Ok(g);
-        }
-        let mut history: Vec<u32> = prompt.to_vec();
-        let t0 = Instant::now();
-        let mut logits = self.feed(prompt, Logits::Last)?;
-        g.prefill_time = t0.elapsed();
-        let t1 = Instant::now();
-        loop {
-            let id = sampler.sample(&mut logits, &history);
-            g.ids.push(id);
-            history.push(id);
-            let go_on = on_token(id);
-            if stop(id) {
-                g.stopped_at_eog = true;
-                break;
-            }
-            if !go_on || g.ids.len() == n {
-                break;
-            }
-            logits = self.feed(&[id], Logits::Last)?;
-        }
-        g.decode_time = t1.elapsed();
-        Ok(g)
+        generate(self, prompt, n, sampler, stop, on_token)
     }
+}
+
+impl Runner for Session<'_> {
+    fn feed(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        Session::feed(self, tokens, which)
+    }
+    fn position(&self) -> usize {
+        self.cache.len()
+    }
+    fn capacity(&self) -> usize {
+        self.cache.max_ctx()
+    }
+    fn vocab_size(&self) -> usize {
+        self.model.config.vocab_size
+    }
+    fn reset(&mut self) {
+        self.cache.clear();
+    }
+    fn truncate(&mut self, len: usize) {
+        self.cache.truncate(len);
+    }
+    fn state_bytes(&self) -> usize {
+        self.cache.nbytes() + self.scratch.nbytes()
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Runner for crate::cuda_model::CudaModel {
+    fn feed(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        self.forward(tokens, which)
+    }
+    fn greedy_step(&mut self, token: u32) -> Result<u32> {
+        self.greedy_next(token)
+    }
+    fn position(&self) -> usize {
+        crate::cuda_model::CudaModel::position(self)
+    }
+    fn capacity(&self) -> usize {
+        self.max_ctx()
+    }
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+    fn reset(&mut self) {
+        crate::cuda_model::CudaModel::reset(self)
+    }
+    fn truncate(&mut self, len: usize) {
+        crate::cuda_model::CudaModel::truncate(self, len)
+    }
+    fn state_bytes(&self) -> usize {
+        0
+    }
+}
+
+/// Generate up to `n` tokens after `prompt`, calling `on_token` with each id as soon as it
+/// is sampled (return `false` from it to stop). Stops early at an id for which `stop` says
+/// so. Pure greedy sampling (temperature 0, no repetition penalty) decodes with
+/// [`Runner::greedy_step`], so a GPU runner never copies logits back.
+pub fn generate(
+    r: &mut dyn Runner,
+    prompt: &[u32],
+    n: usize,
+    sampler: &mut Sampler,
+    stop: &dyn Fn(u32) -> bool,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<Generation> {
+    let needed = r.position() + prompt.len() + n.saturating_sub(1);
+    if needed > r.capacity() {
+        return Err(Error::ContextFull {
+            needed,
+            limit: r.capacity(),
+        });
+    }
+    let mut g = Generation {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
+    if n == 0 {
+        return Ok(g);
+    }
+    let cfg = sampler.config();
+    let greedy = cfg.temperature == 0.0 && cfg.repeat_penalty == 1.0;
+    let mut history: Vec<u32> = prompt.to_vec();
+    let t0 = Instant::now();
+    let mut logits = r.feed(prompt, Logits::Last)?;
+    g.prefill_time = t0.elapsed();
+    let t1 = Instant::now();
+    let mut id = sampler.sample(&mut logits, &history);
+    loop {
+        g.ids.push(id);
+        history.push(id);
+        let go_on = on_token(id);
+        if stop(id) {
+            g.stopped_at_eog = true;
+            break;
+        }
+        if !go_on || g.ids.len() == n {
+            break;
+        }
+        id = if greedy {
+            r.greedy_step(id)?
+        } else {
+            logits = r.feed(&[id], Logits::Last)?;
+            sampler.sample(&mut logits, &history)
+        };
+    }
+    g.decode_time = t1.elapsed();
+    Ok(g)
 }
 
 /// Result of [`perplexity`].
@@ -167,17 +257,17 @@ pub struct Perplexity {
 /// each chunk, so every scored token sees at least `ctx/2` tokens of context.
 /// `progress` is called after each chunk with (chunk index, running perplexity).
 pub fn perplexity(
-    session: &mut Session<'_>,
+    session: &mut dyn Runner,
     tokens: &[u32],
     ctx: usize,
     bos: Option<u32>,
     max_chunks: Option<usize>,
     progress: &mut dyn FnMut(usize, f64),
 ) -> Result<Perplexity> {
-    if ctx < 4 || ctx > session.cache.max_ctx() {
+    if ctx < 4 || ctx > session.capacity() {
         return Err(Error::InvalidArgument(format!(
             "perplexity context must be between 4 and {} tokens, got {ctx}",
-            session.cache.max_ctx()
+            session.capacity()
         )));
     }
     let chunks = (tokens.len() / ctx).min(max_chunks.unwrap_or(usize::MAX));
@@ -187,7 +277,7 @@ pub fn perplexity(
             tokens.len()
         )));
     }
-    let v = session.model.config.vocab_size;
+    let v = session.vocab_size();
     let first = ctx / 2;
     let (mut nll, mut scored) = (0.0f64, 0usize);
     let mut chunk = vec![0u32; ctx];

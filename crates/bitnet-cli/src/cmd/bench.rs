@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use clap::Args;
 
-use bitnet_models::bitnet::{Logits, Model};
-use bitnet_models::generate::Session;
+use bitnet_models::bitnet::Logits;
+use bitnet_models::generate::Runner;
 use bitnet_models::kv_cache::KvDType;
 use bitnet_models::{load, synthetic};
 
-use super::{parse_layout, CliResult};
+use super::{make_runner, parse_layout, CliResult};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// KV cache element type.
     #[arg(long = "kv-type", default_value = "f16", value_parser = ["f16", "f32"])]
     pub kv_type: String,
+    /// Where to run: cpu, cuda, cuda:N or auto.
+    #[arg(long = "device", default_value = "auto")]
+    pub device: String,
     /// Print one JSON object instead of a table.
     #[arg(long = "json")]
     pub json: bool,
@@ -75,28 +78,28 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Tokens per second of `reps` runs of one test (after one warm-up run). `pp` feeds all
+/// tokens at once; `tg` decodes them one by one (greedy steps, as generation does).
 fn bench_one(
-    model: &Model,
-    test_pp: bool,
+    r: &mut dyn Runner,
+    pp: bool,
     n: usize,
     reps: usize,
-    kv: KvDType,
-) -> CliResult<(Vec<f64>, usize)> {
-    let v = model.config.vocab_size as u64;
+    vocab: usize,
+) -> CliResult<Vec<f64>> {
     // Varied but reproducible token ids.
     let tokens: Vec<u32> = (0..n as u64)
-        .map(|i| ((i * 2654435761 + 17) % v) as u32)
+        .map(|i| ((i * 2654435761 + 17) % vocab as u64) as u32)
         .collect();
-    let mut session = Session::new(model, n + 1, kv);
     let mut rates = Vec::with_capacity(reps);
     for rep in 0..=reps {
-        session.reset();
+        r.reset();
         let t0 = Instant::now();
-        if test_pp {
-            session.feed(&tokens, Logits::Last)?;
+        if pp {
+            r.feed(&tokens, Logits::Last)?;
         } else {
             for &t in &tokens {
-                session.feed(&[t], Logits::Last)?;
+                r.greedy_step(t)?;
             }
         }
         let dt = t0.elapsed().as_secs_f64();
@@ -104,7 +107,7 @@ fn bench_one(
             rates.push(n as f64 / dt);
         }
     }
-    Ok((rates, session.scratch_bytes() + session.cache.nbytes()))
+    Ok(rates)
 }
 
 pub fn run(a: BenchArgs) -> CliResult {
@@ -169,7 +172,12 @@ pub fn run(a: BenchArgs) -> CliResult {
             if n == 0 {
                 continue;
             }
-            let (rates, runtime) = pool.install(|| bench_one(&model, pp, n, a.reps, kv))?;
+            let ctx = n + 1;
+            let (rates, runtime) = pool.install(|| -> CliResult<(Vec<f64>, usize)> {
+                let mut r = make_runner(&model, &a.device, ctx, kv)?;
+                let rates = bench_one(r.as_mut(), pp, n, a.reps, model.config.vocab_size)?;
+                Ok((rates, r.state_bytes()))
+            })?;
             max_runtime = max_runtime.max(runtime);
             let (mean, sd) = mean_sd(&rates);
             let test = format!("{}{n}", if pp { "pp" } else { "tg" });

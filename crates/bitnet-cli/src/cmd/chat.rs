@@ -7,11 +7,11 @@ use std::io::{BufRead, Write};
 use clap::Args;
 
 use bitnet_models::chat::{ChatTemplate, Message};
-use bitnet_models::generate::Session;
+use bitnet_models::generate::generate;
 use bitnet_models::sampler::Sampler;
 use bitnet_models::tokenizer::DecodeStream;
 
-use super::{ctx_size, kv_type, load_model, sampler_config, CliResult};
+use super::{ctx_size, kv_type, load_model, make_runner, sampler_config, CliResult};
 use crate::{ModelArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
@@ -40,7 +40,7 @@ pub fn run(a: ChatArgs) -> CliResult {
     }
     let template = ChatTemplate::from_tokenizer(tok)?;
     let ctx = ctx_size(&a.model, model.config.max_ctx)?;
-    let mut session = Session::new(model, ctx, kv_type(&a.model)?);
+    let mut runner = make_runner(model, &a.model.device, ctx, kv_type(&a.model)?)?;
     let mut sampler = Sampler::new(sampler_config(&a.sampling))?;
     let mut messages: Vec<Message> = Vec::new();
     if let Some(s) = &a.system {
@@ -67,7 +67,7 @@ pub fn run(a: ChatArgs) -> CliResult {
             .take_while(|(a, b)| a == b)
             .count()
             .min(ids.len() - 1);
-        session.cache.truncate(common);
+        runner.truncate(common);
         cached.truncate(common);
         let room = ctx.saturating_sub(ids.len());
         if room == 0 {
@@ -86,7 +86,8 @@ pub fn run(a: ChatArgs) -> CliResult {
             }
             true
         };
-        let g = session.generate(
+        let g = generate(
+            runner.as_mut(),
             &ids[common..],
             a.n.min(room),
             &mut sampler,

@@ -4,11 +4,11 @@ use std::io::Write;
 
 use clap::Args;
 
-use bitnet_models::generate::Session;
+use bitnet_models::generate::generate;
 use bitnet_models::sampler::Sampler;
 use bitnet_models::tokenizer::DecodeStream;
 
-use super::{ctx_size, kv_type, load_model, parse_ids, sampler_config, CliResult};
+use super::{ctx_size, kv_type, load_model, make_runner, parse_ids, sampler_config, CliResult};
 use crate::{ModelArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
@@ -72,7 +72,7 @@ pub fn run(a: GenerateArgs) -> CliResult {
         .into());
     }
     // The cache only needs room for this generation; that keeps memory near the minimum.
-    let mut session = Session::new(model, needed.max(1), kv_type(&a.model)?);
+    let mut runner = make_runner(model, &a.model.device, needed.max(1), kv_type(&a.model)?)?;
     let mut sampler = Sampler::new(sampler_config(&a.sampling))?;
     let stop =
         |id: u32| !a.ignore_eos && tok.map_or(model.config.eos == Some(id), |t| t.is_eog(id));
@@ -111,7 +111,14 @@ pub fn run(a: GenerateArgs) -> CliResult {
         }
         true
     };
-    let g = session.generate(&prompt, a.n, &mut sampler, &stop, &mut on_token)?;
+    let g = generate(
+        runner.as_mut(),
+        &prompt,
+        a.n,
+        &mut sampler,
+        &stop,
+        &mut on_token,
+    )?;
     if let Some(e) = write_err {
         return Err(e.into());
     }

@@ -5,9 +5,8 @@ use std::io::Write;
 use clap::Args;
 
 use bitnet_models::bitnet::Logits;
-use bitnet_models::generate::Session;
 
-use super::{kv_type, load_model, parse_ids, CliResult};
+use super::{kv_type, load_model, make_runner, parse_ids, CliResult};
 use crate::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -34,8 +33,8 @@ pub fn run(a: LogitsArgs) -> CliResult {
         )
         .into());
     }
-    let mut session = Session::new(model, ids.len(), kv_type(&a.model)?);
-    let logits = session.feed(&ids, Logits::All)?;
+    let mut runner = make_runner(model, &a.model.device, ids.len(), kv_type(&a.model)?)?;
+    let logits = runner.feed(&ids, Logits::All)?;
     let rows: Vec<&[f32]> = logits.chunks_exact(model.config.vocab_size).collect();
     let v = serde_json::json!({ "ids": ids, "logits": rows });
     match &a.output {

@@ -13,6 +13,8 @@ pub mod tokenize;
 use std::time::Instant;
 
 use bitnet_core::quant::ternary::TernaryLayout;
+use bitnet_models::bitnet::Model;
+use bitnet_models::generate::{Runner, Session};
 use bitnet_models::kv_cache::KvDType;
 use bitnet_models::load::{self, LoadOptions, Loaded};
 use bitnet_models::sampler::SamplerConfig;
@@ -69,6 +71,70 @@ pub fn load_model(args: &ModelArgs) -> CliResult<Loaded> {
         eprintln!("note: {n}");
     }
     Ok(loaded)
+}
+
+/// A device named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda(usize),
+    Auto,
+}
+
+pub fn parse_device(s: &str) -> CliResult<DeviceChoice> {
+    match s {
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "auto" => Ok(DeviceChoice::Auto),
+        "cuda" => Ok(DeviceChoice::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
+            _ => Err(format!("--device: `{s}` is not one of cpu, cuda, cuda:N, auto").into()),
+        },
+    }
+}
+
+/// The model runner for `--device`, with room for `ctx` positions. `auto` picks CUDA when
+/// it is compiled in and usable and says so; an explicit `cuda` that cannot be used falls
+/// back to the CPU with the reason.
+pub fn make_runner<'m>(
+    model: &'m Model,
+    device: &str,
+    ctx: usize,
+    kv: KvDType,
+) -> CliResult<Box<dyn Runner + 'm>> {
+    let choice = parse_device(device)?;
+    #[cfg(feature = "cuda")]
+    {
+        use bitnet_models::cuda_model::{CudaModel, CudaOptions};
+        let ordinal = match choice {
+            DeviceChoice::Cuda(n) => Some(n),
+            DeviceChoice::Auto if bitnet_core::cuda::CudaDevice::is_available() => Some(0),
+            _ => None,
+        };
+        if let Some(n) = ordinal {
+            let opts = CudaOptions {
+                max_ctx: Some(ctx),
+                ..CudaOptions::default()
+            };
+            match CudaModel::with_options(model, n, opts) {
+                Ok(m) => {
+                    eprintln!("device: {} (cuda:{n})", m.device_name());
+                    if kv == KvDType::F32 {
+                        eprintln!(
+                            "note: the CUDA KV cache is f16; --kv-type f32 applies to the CPU only"
+                        );
+                    }
+                    return Ok(Box::new(m));
+                }
+                Err(e) => eprintln!("note: cuda:{n} cannot be used ({e}); running on the CPU"),
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    if let DeviceChoice::Cuda(_) = choice {
+        eprintln!("note: this build has no CUDA backend (rebuild with `--features cuda`); running on the CPU");
+    }
+    Ok(Box::new(Session::new(model, ctx, kv)))
 }
 
 pub fn kv_type(args: &ModelArgs) -> CliResult<KvDType> {

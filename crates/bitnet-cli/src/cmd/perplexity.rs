@@ -3,9 +3,9 @@
 
 use clap::Args;
 
-use bitnet_models::generate::{perplexity, Session};
+use bitnet_models::generate::perplexity;
 
-use super::{kv_type, load_model, CliResult};
+use super::{kv_type, load_model, make_runner, CliResult};
 use crate::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -36,10 +36,10 @@ pub fn run(a: PerplexityArgs) -> CliResult {
         a.file.display(),
         tokens.len()
     );
-    let mut session = Session::new(model, ctx, kv_type(&a.model)?);
+    let mut runner = make_runner(model, &a.model.device, ctx, kv_type(&a.model)?)?;
     let t0 = std::time::Instant::now();
     let r = perplexity(
-        &mut session,
+        runner.as_mut(),
         &tokens,
         ctx,
         tok.bos_id(),
