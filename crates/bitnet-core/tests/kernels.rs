@@ -335,3 +335,82 @@ fn bitlinear_forward_matches_formula() {
         }
     }
 }
+
+#[test]
+fn gemm_multi_and_forward_multi_match_single_calls() {
+    // Several matrices sharing K in one parallel region (q/k/v, gate/up), including row
+    // counts around the 64-row task size, mixed layouts and m = 1 (gemv) and m > 1.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let k = 700usize;
+    let ns = [130usize, 64, 5, 200];
+    let qs: Vec<Vec<i8>> = ns
+        .iter()
+        .map(|&n| (0..n * k).map(|_| rng.random_range(-1i8..=1)).collect())
+        .collect();
+    for t in 1..=3 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for layouts in [
+                [TernaryLayout::I2S; 4],
+                [TernaryLayout::T1; 4],
+                [
+                    TernaryLayout::I2S,
+                    TernaryLayout::T1,
+                    TernaryLayout::I2S,
+                    TernaryLayout::T1,
+                ],
+            ] {
+                let ws: Vec<TernaryMatrix> = qs
+                    .iter()
+                    .zip(&ns)
+                    .zip(layouts)
+                    .enumerate()
+                    .map(|(j, ((q, &n), l))| {
+                        TernaryMatrix::from_trits(q, n, k, 0.01 * (j + 1) as f32, l).unwrap()
+                    })
+                    .collect();
+                for m in [1usize, 3, 9] {
+                    let x: Vec<i8> = (0..m * k).map(|_| rng.random()).collect();
+                    let mut outs: Vec<Vec<i32>> = ns.iter().map(|&n| vec![0; m * n]).collect();
+                    let mats: Vec<&TernaryMatrix> = ws.iter().collect();
+                    let mut refs: Vec<&mut [i32]> =
+                        outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+                    bitnet_core::quant::ternary::gemm_multi(&mats, &x, m, &mut refs).unwrap();
+                    for (j, o) in outs.iter().enumerate() {
+                        assert_eq!(*o, naive_gemm(&qs[j], ns[j], k, &x, m), "matrix {j} m={m}");
+                    }
+                    // BitLinear::forward_multi equals forward per layer, bit for bit.
+                    let lins: Vec<BitLinear> = ws
+                        .iter()
+                        .enumerate()
+                        .map(|(j, w)| BitLinear {
+                            weight: w.clone(),
+                            bias: (j % 2 == 1).then(|| vec![0.25; w.rows()]),
+                        })
+                        .collect();
+                    let xf: Vec<f32> = (0..m * k).map(|_| rng.random_range(-4.0f32..4.0)).collect();
+                    let mut acts = QuantizedActs::new();
+                    acts.quantize(&xf, k);
+                    let mut fo: Vec<Vec<f32>> = ns.iter().map(|&n| vec![0.0; m * n]).collect();
+                    let lrefs: Vec<&BitLinear> = lins.iter().collect();
+                    let mut frefs: Vec<&mut [f32]> =
+                        fo.iter_mut().map(|o| o.as_mut_slice()).collect();
+                    BitLinear::forward_multi(&lrefs, &acts, &mut frefs).unwrap();
+                    for (j, l) in lins.iter().enumerate() {
+                        let mut one = vec![0f32; m * ns[j]];
+                        l.forward(&acts, &mut one).unwrap();
+                        assert_eq!(
+                            fo[j].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            one.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                        );
+                    }
+                    let mut bad: Vec<&mut [f32]> = Vec::new();
+                    assert!(BitLinear::forward_multi(&lrefs, &acts, &mut bad).is_err());
+                }
+            }
+        });
+    }
+}

@@ -281,6 +281,61 @@ pub(crate) fn gemv(path: KernelPath, w: &PackedView<'_>, x: &[i8], out: &mut [i3
     }
 }
 
+/// Several matrices with the same `cols` and layout against the same `m` activation rows,
+/// as one parallel region: `outs[j]` (`m × ws[j].rows`, row-major like [`gemm`]) gets
+/// `ws[j]`'s products. One dispatch of all the matrices' row tiles instead of one per
+/// matrix halves the fork/join points of a layer (q/k/v, gate/up), and for `m == 1` the
+/// activation sum Σx is computed once for all of them. Shapes must already be checked.
+pub(crate) fn gemm_multi(
+    path: KernelPath,
+    ws: &[PackedView<'_>],
+    x: &[i8],
+    m: usize,
+    outs: &mut [&mut [i32]],
+) {
+    debug_assert_eq!(ws.len(), outs.len());
+    if m == 0 || ws.is_empty() {
+        return;
+    }
+    let (cols, layout) = (ws[0].cols, ws[0].layout);
+    debug_assert!(ws.iter().all(|w| w.cols == cols && w.layout == layout));
+    debug_assert_eq!(x.len(), m * cols);
+    let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    // Task t of matrix j covers rows c·ROWS_PER_TASK.. of it; `first[j]` is j's first task.
+    let mut first = Vec::with_capacity(ws.len() + 1);
+    let mut total = 0;
+    for w in ws {
+        first.push(total);
+        total += w.rows.div_ceil(ROWS_PER_TASK);
+    }
+    first.push(total);
+    let mut buf = [0i8; MAX_BLOCK_WEIGHTS];
+    let xr = XRow::new(if m == 1 { x } else { &x[..0] }, layout, &mut buf);
+    let task = |t: usize| {
+        let j = first.partition_point(|&f| f <= t) - 1;
+        let w = &ws[j];
+        let n0 = (t - first[j]) * ROWS_PER_TASK;
+        let nr = ROWS_PER_TASK.min(w.rows - n0);
+        let rb = w.row_bytes;
+        let wr = &w.data[n0 * rb..(n0 + nr) * rb];
+        if m == 1 {
+            // SAFETY: rows n0..n0+nr of output j belong to this task alone and lie inside
+            // it (`outs[j]` has w.rows elements).
+            let o = unsafe { std::slice::from_raw_parts_mut(ptrs[j].add(n0), nr) };
+            gemv_rows(path, layout, wr, rb, &xr, o);
+        } else {
+            // SAFETY: as in `gemm`: columns n0..n0+nr of the m rows of output j.
+            let o = unsafe { ptrs[j].add(n0) };
+            gemm_rows(path, layout, wr, rb, nr, cols, x, m, o, w.rows);
+        }
+    };
+    if total == 1 {
+        task(0);
+    } else {
+        (0..total).into_par_iter().for_each(task);
+    }
+}
+
 /// One task's rows of a gemv: `w` holds exactly `out.len()` rows.
 fn gemv_rows(
     path: KernelPath,

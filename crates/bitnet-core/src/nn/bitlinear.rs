@@ -5,7 +5,7 @@ use std::cell::RefCell;
 
 use crate::error::{Error, Result};
 use crate::quant::act;
-use crate::quant::ternary::TernaryMatrix;
+use crate::quant::ternary::{gemm_multi, TernaryMatrix};
 
 /// `m` rows of `k` int8 activations with one dequantization factor (`1/a`) per row.
 /// Reusable: [`quantize`](Self::quantize) only grows the buffers.
@@ -65,63 +65,94 @@ impl BitLinear {
     /// `out[i*rows+n] = (Σ_k q_w[n,k]·q_x[i,k]) · weight.scale() · factors[i] (+ bias[n])`
     /// for the `m = x.rows()` activation rows. gemv when m == 1, gemm otherwise.
     pub fn forward(&self, x: &QuantizedActs, out: &mut [f32]) -> Result<()> {
-        let w = &self.weight;
-        let (n, k, m) = (w.rows(), w.cols(), x.rows());
-        if x.k != k || x.q.len() < m * k {
+        Self::forward_multi(&[self], x, &mut [out])
+    }
+
+    /// [`forward`](Self::forward) of several layers that read the same activations (a
+    /// block's q/k/v projections, or gate/up), with all their row tiles in one parallel
+    /// region: `outs[j]` gets `layers[j]`'s output. Each layer keeps its own scale and bias.
+    pub fn forward_multi(
+        layers: &[&BitLinear],
+        x: &QuantizedActs,
+        outs: &mut [&mut [f32]],
+    ) -> Result<()> {
+        let m = x.rows();
+        if layers.len() != outs.len() {
             return Err(Error::shape(
-                "BitLinear::forward",
-                format!(
-                    "weight has {k} inputs, activations are {m} rows of {} ({} values)",
-                    x.k,
-                    x.q.len()
-                ),
+                "BitLinear::forward_multi",
+                format!("{} layers but {} outputs", layers.len(), outs.len()),
             ));
         }
-        if out.len() != m * n {
-            return Err(Error::shape(
-                "BitLinear::forward",
-                format!("output has {} values, want {m}×{n}", out.len()),
-            ));
-        }
-        if let Some(b) = &self.bias {
-            if b.len() != n {
+        let mut total = 0;
+        for (l, out) in layers.iter().zip(outs.iter()) {
+            let w = &l.weight;
+            let (n, k) = (w.rows(), w.cols());
+            if x.k != k || x.q.len() < m * k {
                 return Err(Error::shape(
                     "BitLinear::forward",
-                    format!("bias has {} values, want {n}", b.len()),
+                    format!(
+                        "weight has {k} inputs, activations are {m} rows of {} ({} values)",
+                        x.k,
+                        x.q.len()
+                    ),
                 ));
             }
+            if out.len() != m * n {
+                return Err(Error::shape(
+                    "BitLinear::forward",
+                    format!("output has {} values, want {m}×{n}", out.len()),
+                ));
+            }
+            if let Some(b) = &l.bias {
+                if b.len() != n {
+                    return Err(Error::shape(
+                        "BitLinear::forward",
+                        format!("bias has {} values, want {n}", b.len()),
+                    ));
+                }
+            }
+            total += m * n;
         }
+        let Some(first) = layers.first() else {
+            return Ok(());
+        };
+        let k = first.weight.cols();
         // Take the buffer out rather than holding a RefCell borrow across the kernel call:
         // while a rayon worker waits for the kernel's tasks it may steal another forward()
         // on this same thread, which then just finds an empty buffer instead of panicking.
         let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        if buf.len() < m * n {
-            buf.resize(m * n, 0);
+        if buf.len() < total {
+            buf.resize(total, 0);
         }
         let res = (|| {
-            let acc = &mut buf[..m * n];
-            let xq = &x.q[..m * k];
-            if m == 1 {
-                w.gemv(xq, acc)?;
-            } else {
-                w.gemm(xq, m, acc)?;
+            let mut accs: Vec<&mut [i32]> = Vec::with_capacity(layers.len());
+            let mut rest = &mut buf[..total];
+            for l in layers {
+                let (a, r) = rest.split_at_mut(m * l.weight.rows());
+                accs.push(a);
+                rest = r;
             }
-            let scale = w.scale();
-            for ((orow, arow), &f) in out
-                .chunks_exact_mut(n.max(1))
-                .zip(acc.chunks_exact(n.max(1)))
-                .zip(&x.factors)
-            {
-                let s = scale * f;
-                match &self.bias {
-                    Some(b) => {
-                        for ((o, &a), &bi) in orow.iter_mut().zip(arow).zip(b) {
-                            *o = a as f32 * s + bi;
+            let mats: Vec<&TernaryMatrix> = layers.iter().map(|l| &l.weight).collect();
+            gemm_multi(&mats, &x.q[..m * k], m, &mut accs)?;
+            for ((l, out), acc) in layers.iter().zip(outs.iter_mut()).zip(&accs) {
+                let n = l.weight.rows();
+                let scale = l.weight.scale();
+                for ((orow, arow), &f) in out
+                    .chunks_exact_mut(n.max(1))
+                    .zip(acc.chunks_exact(n.max(1)))
+                    .zip(&x.factors)
+                {
+                    let s = scale * f;
+                    match &l.bias {
+                        Some(b) => {
+                            for ((o, &a), &bi) in orow.iter_mut().zip(arow).zip(b) {
+                                *o = a as f32 * s + bi;
+                            }
                         }
-                    }
-                    None => {
-                        for (o, &a) in orow.iter_mut().zip(arow) {
-                            *o = a as f32 * s;
+                        None => {
+                            for (o, &a) in orow.iter_mut().zip(arow) {
+                                *o = a as f32 * s;
+                            }
                         }
                     }
                 }

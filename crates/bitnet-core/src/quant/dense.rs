@@ -426,10 +426,11 @@ impl DenseMatrix {
             }
             DenseMatrix::Q6K { data, .. } => {
                 let nb = cols / q6_k::QK_K;
-                q6_k::dot_q8k(
+                q6_k::dot_q8k_bsums(
                     &data[r * st..(r + 1) * st],
                     &act.q[i * cols..(i + 1) * cols],
                     &act.d[i * nb..(i + 1) * nb],
+                    &act.bsums[i * cols / 16..(i + 1) * cols / 16],
                 )
             }
             DenseMatrix::I8Row { data, scales, .. } => {
@@ -453,6 +454,8 @@ struct Act {
     d: Vec<f32>,
     /// Values per vector in `q` (cols, or cols rounded up to 32 for I8Row).
     stride: usize,
+    /// Q6_K only: sums of each 16 consecutive values of `q` ([`q6_k::q8k_bsums`]).
+    bsums: Vec<i16>,
 }
 
 impl Act {
@@ -462,13 +465,25 @@ impl Act {
                 let mut q = vec![0i8; m * cols];
                 let mut d = vec![0f32; m * cols / q8_0::QK];
                 q8_0::quantize_act(x, &mut q, &mut d);
-                Act { q, d, stride: cols }
+                Act {
+                    q,
+                    d,
+                    stride: cols,
+                    bsums: Vec::new(),
+                }
             }
             DenseKind::Q6K => {
                 let mut q = vec![0i8; m * cols];
                 let mut d = vec![0f32; m * cols / q6_k::QK_K];
                 q6_k::quantize_act_q8k(x, &mut q, &mut d);
-                Act { q, d, stride: cols }
+                let mut bsums = vec![0i16; m * cols / 16];
+                q6_k::q8k_bsums(&q, &mut bsums);
+                Act {
+                    q,
+                    d,
+                    stride: cols,
+                    bsums,
+                }
             }
             DenseKind::I8Row => {
                 // Pad each vector to a multiple of 32 with zeros so any `cols` works.
@@ -480,12 +495,18 @@ impl Act {
                 let mut q = vec![0i8; m * stride];
                 let mut d = vec![0f32; m * stride / q8_0::QK];
                 q8_0::quantize_act(&xp, &mut q, &mut d);
-                Act { q, d, stride }
+                Act {
+                    q,
+                    d,
+                    stride,
+                    bsums: Vec::new(),
+                }
             }
             _ => Act {
                 q: Vec::new(),
                 d: Vec::new(),
                 stride: 0,
+                bsums: Vec::new(),
             },
         }
     }

@@ -338,11 +338,47 @@ pub fn quantize_act_q8k(x: &[f32], xq: &mut [i8], xd: &mut [f32]) {
 pub fn dot_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 was detected at run time.
-            return unsafe { avx2::dot_q8k(row, xq, xd) };
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // The 16-value sums on the stack for rows up to 16384 values, else on the heap.
+            let mut stack = [0i16; 1024];
+            let mut heap = Vec::new();
+            let bsums: &mut [i16] = if xq.len() / 16 <= stack.len() {
+                &mut stack[..xq.len() / 16]
+            } else {
+                heap.resize(xq.len() / 16, 0);
+                &mut heap
+            };
+            q8k_bsums(xq, bsums);
+            // SAFETY: AVX2 and F16C were detected at run time.
+            return unsafe { avx2::dot_q8k(row, xq, xd, bsums) };
         }
     }
+    dot_q8k_scalar(row, xq, xd)
+}
+
+/// The sums of each 16 consecutive activations (`xq.len()/16` of them), which
+/// [`dot_q8k_bsums`] uses to apply the −32 offset once per block instead of per weight.
+pub fn q8k_bsums(xq: &[i8], out: &mut [i16]) {
+    for (o, g) in out.iter_mut().zip(xq.chunks_exact(16)) {
+        *o = g.iter().map(|&v| v as i16).sum();
+    }
+}
+
+/// [`dot_q8k`] with the activations' 16-value sums ([`q8k_bsums`]) computed beforehand,
+/// once per activation vector rather than once per row. Same result, bit for bit.
+pub fn dot_q8k_bsums(row: &[u8], xq: &[i8], xd: &[f32], bsums: &[i16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: AVX2 and F16C were detected at run time.
+            return unsafe { avx2::dot_q8k(row, xq, xd, bsums) };
+        }
+    }
+    let _ = bsums;
     dot_q8k_scalar(row, xq, xd)
 }
 
@@ -374,24 +410,62 @@ pub fn dot_q8k_scalar(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    /// `pshufb` masks that spread scales `2k` and `2k+1` (bytes of the 16-byte scale vector)
+    /// over 8 bytes each, for the 32-weight step `k` (0..8) of a super-block; sign-extended
+    /// to i16 they give scale `2k` in the low 128-bit lane and `2k+1` in the high one, the
+    /// lanes where `maddubs` leaves the products of weights `32k..32k+16` and `32k+16..32k+32`.
+    const fn scale_shuffle() -> [[u8; 16]; 8] {
+        let mut m = [[0u8; 16]; 8];
+        let mut k = 0;
+        while k < 8 {
+            let mut i = 0;
+            while i < 16 {
+                m[k][i] = (2 * k + i / 8) as u8;
+                i += 1;
+            }
+            k += 1;
+        }
+        m
+    }
+    static SCALE_SHUFFLE: [[u8; 16]; 8] = scale_shuffle();
+
+    /// Σ over blocks of `d·xd·isum` with `isum = Σ_j scale_j·Σ (q−32)·x`, computed as
+    /// `Σ_j scale_j·Σ q·x − 32·Σ_j scale_j·bsum_j` (q in 0..=63 is `maddubs`'s unsigned
+    /// operand). The float accumulation is the scalar kernel's, in the same order.
+    ///
+    /// Overflow: one `maddubs` lane is q₁x₁ + q₂x₂ ≤ 2·63·128 = 16128 < 2¹⁵; `madd` with a
+    /// scale (|s| ≤ 128) gives ≤ 2·16128·128 < 2²²; a block adds 8 of those per lane.
+    ///
     /// # Safety
-    /// Requires AVX2.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn dot_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    /// Requires AVX2 and F16C.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn dot_q8k(row: &[u8], xq: &[i8], xd: &[f32], bsums: &[i16]) -> f32 {
         let nb = (row.len() / super::BLOCK_BYTES)
             .min(xq.len() / super::QK_K)
-            .min(xd.len());
+            .min(xd.len())
+            .min(bsums.len() / 16);
         let m4 = _mm256_set1_epi8(0x0F);
-        let m2 = _mm256_set1_epi8(0x03);
-        let k32 = _mm256_set1_epi8(32);
+        let m30 = _mm256_set1_epi8(0x30);
+        // SAFETY: SCALE_SHUFFLE is 8 × 16 bytes. The masks go through an empty asm block:
+        // seeing constants, LLVM would turn each one-instruction `pshufb` into three
+        // shuffles (`pshuflw`/`pshufhw` + `pshufd`).
+        let shuf: [__m128i; 8] = std::array::from_fn(|k| unsafe {
+            let mut v = _mm_loadu_si128(SCALE_SHUFFLE[k].as_ptr() as *const __m128i);
+            std::arch::asm!("/* {0} */", inout(xmm_reg) v, options(pure, nomem, nostack));
+            v
+        });
         let mut acc = 0f32;
         for b in 0..nb {
-            let blk = &row[b * super::BLOCK_BYTES..][..super::BLOCK_BYTES];
-            let x = &xq[b * super::QK_K..][..super::QK_K];
+            let p = row[b * super::BLOCK_BYTES..][..super::BLOCK_BYTES].as_ptr();
+            let x = xq[b * super::QK_K..][..super::QK_K].as_ptr();
+            // SAFETY (all loads below): offsets stay inside the 210-byte block, the
+            // 256-value x block and the 16 bsums of this block.
+            let sc = unsafe { _mm_loadu_si128(p.add(192) as *const __m128i) };
+            let bs = unsafe { _mm256_loadu_si256(bsums.as_ptr().add(16 * b) as *const __m256i) };
+            // Σ_j scale_j·bsum_j (8 lanes), subtracted ×32 at the end.
+            let corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), bs);
             let mut isum = _mm256_setzero_si256();
             for h in 0..2 {
-                let p = blk.as_ptr();
-                // SAFETY: offsets stay inside the 210-byte block and the 256-value x block.
                 let (ql0, ql1, qh) = unsafe {
                     (
                         _mm256_loadu_si256(p.add(64 * h) as *const __m256i),
@@ -399,47 +473,45 @@ mod avx2 {
                         _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i),
                     )
                 };
+                // 16-bit shifts are fine: each mask keeps only bits of the same byte.
                 let q = [
                     _mm256_or_si256(
                         _mm256_and_si256(ql0, m4),
-                        _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4),
+                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
                     ),
                     _mm256_or_si256(
                         _mm256_and_si256(ql1, m4),
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
                     ),
                     _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                        _mm256_and_si256(qh, m30),
                     ),
                     _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
                     ),
                 ];
                 for (k, qk) in q.iter().enumerate() {
-                    // SAFETY: 32 values at 128h + 32k < 256.
-                    let xv = unsafe {
-                        _mm256_loadu_si256(x.as_ptr().add(128 * h + 32 * k) as *const __m256i)
-                    };
-                    // (q − 32)·x = q·x − 32·x, both via maddubs (q, 32 unsigned).
-                    let p = _mm256_sub_epi16(
-                        _mm256_maddubs_epi16(*qk, xv),
-                        _mm256_maddubs_epi16(k32, xv),
-                    );
-                    let s0 = blk[192 + 8 * h + 2 * k] as i8 as i16;
-                    let s1 = blk[192 + 8 * h + 2 * k + 1] as i8 as i16;
-                    let sc = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
-                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, sc));
+                    let xv =
+                        unsafe { _mm256_loadu_si256(x.add(128 * h + 32 * k) as *const __m256i) };
+                    let prod = _mm256_maddubs_epi16(*qk, xv);
+                    let s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, shuf[4 * h + k]));
+                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, s));
                 }
             }
-            let lo = _mm256_castsi256_si128(isum);
-            let hi = _mm256_extracti128_si256(isum, 1);
+            let v = _mm256_sub_epi32(isum, _mm256_slli_epi32::<5>(corr));
+            let lo = _mm256_castsi256_si128(v);
+            let hi = _mm256_extracti128_si256::<1>(v);
             let s = _mm_add_epi32(lo, hi);
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
             let isum = _mm_cvtsi128_si32(s);
-            let d = half::f16::from_bits(u16::from_le_bytes([blk[208], blk[209]])).to_f32();
+            // SAFETY: bytes 208..210 are inside the block. F16C converts exactly, like
+            // `half` (whose run-time dispatch is an out-of-line call that spills every
+            // vector register of this loop).
+            let dbits = unsafe { (p.add(208) as *const u16).read_unaligned() };
+            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le(dbits) as i32)));
             acc += d * xd[b] * isum as f32;
         }
         acc
@@ -517,6 +589,9 @@ mod tests {
         let s = dot_q8k_scalar(&b, &xq, &xd);
         let v = dot_q8k(&b, &xq, &xd);
         assert!((s - v).abs() <= 1e-6 * s.abs().max(1e-3), "{s} {v}");
+        let mut bsums = vec![0i16; 768 / 16];
+        q8k_bsums(&xq, &mut bsums);
+        assert_eq!(dot_q8k_bsums(&b, &xq, &xd, &bsums), v);
         let bound: f32 = wd
             .chunks(256)
             .zip(&xd)

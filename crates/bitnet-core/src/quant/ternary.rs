@@ -328,6 +328,39 @@ impl TernaryMatrix {
     }
 }
 
+/// [`TernaryMatrix::gemm`] of several matrices that share `cols` and the same `m`
+/// activation rows, in one parallel region (see [`cpu`]): `outs[j]` gets `mats[j]`'s
+/// `m × rows` products. Matrices in different layouts are run one after another.
+pub fn gemm_multi(
+    mats: &[&TernaryMatrix],
+    x: &[i8],
+    m: usize,
+    outs: &mut [&mut [i32]],
+) -> Result<()> {
+    let path = cpu::active_path()?.check()?;
+    if mats.len() != outs.len() {
+        return Err(Error::shape(
+            "ternary::gemm_multi",
+            format!("{} matrices but {} outputs", mats.len(), outs.len()),
+        ));
+    }
+    for (w, o) in mats.iter().zip(outs.iter()) {
+        w.check_gemm(x, m, o)?;
+    }
+    let Some(first) = mats.first() else {
+        return Ok(());
+    };
+    if mats.iter().any(|w| w.layout != first.layout) {
+        for (w, o) in mats.iter().zip(outs.iter_mut()) {
+            cpu::gemm_multi(path, &[w.view()], x, m, std::slice::from_mut(o));
+        }
+        return Ok(());
+    }
+    let views: Vec<PackedView<'_>> = mats.iter().map(|w| w.view()).collect();
+    cpu::gemm_multi(path, &views, x, m, outs);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
