@@ -180,10 +180,22 @@ macro_rules! arith_int {
                     BinaryOp::Add => a.wrapping_add(b),
                     BinaryOp::Sub => a.wrapping_sub(b),
                     BinaryOp::Mul => a.wrapping_mul(b),
-                    // Zero divisors were rejected up front (`invalid_rhs`); `wrapping_div`
-                    // handles MIN / -1.
-                    BinaryOp::Div => a.checked_div(b).unwrap_or_else(|| a.wrapping_div(b.max(1))),
-                    BinaryOp::Rem => a.checked_rem(b).unwrap_or(0),
+                    // Zero divisors were rejected up front (`invalid_rhs`), so the `0`
+                    // arms never run; wrapping covers MIN / -1 (MIN) and MIN % -1 (0).
+                    BinaryOp::Div => {
+                        if b == 0 {
+                            0
+                        } else {
+                            a.wrapping_div(b)
+                        }
+                    }
+                    BinaryOp::Rem => {
+                        if b == 0 {
+                            0
+                        } else {
+                            a.wrapping_rem(b)
+                        }
+                    }
                     BinaryOp::Pow => a.wrapping_pow(b as u32),
                     BinaryOp::Minimum => a.min(b),
                     BinaryOp::Maximum => a.max(b),
@@ -392,10 +404,7 @@ impl TensorMut {
     pub fn from_tensor(t: &Tensor) -> Result<TensorMut> {
         let n = t.elem_count();
         let mut buf = iter::alloc("TensorMut::from_tensor", n, t.dtype())?;
-        match_dtype!(t.dtype(), T, {
-            let src = t.to_vec::<T>()?;
-            buf.typed_mut::<T>()?.copy_from_slice(&src);
-        });
+        super::shape_ops::copy_into(t, &mut buf)?;
         Ok(TensorMut {
             buf,
             shape: t.shape().clone(),

@@ -148,7 +148,7 @@ pub fn cholesky(a: &Tensor) -> Result<Tensor> {
     from_mat(f.L(), a.dtype())
 }
 
-/// Solve `a · x = b` for square `a` ([n, n]) and `b` of shape [n] or [n, k] (LU with
+/// Solve `a · x = b` for square `a` (`[n, n]`) and `b` of shape `[n]` or `[n, k]` (LU with
 /// partial pivoting). A pivot below n·ε·max|pivot| is [`LinalgError::Singular`]: beyond
 /// that the answer would be dominated by rounding.
 pub fn solve(a: &Tensor, b: &Tensor) -> Result<Tensor> {

@@ -5,9 +5,9 @@
 //! * [`activation`]: relu, relu², gelu (erf and tanh), silu, sigmoid, tanh, softmax and
 //!   log-softmax;
 //! * [`reduce`]: sum, mean, min, max, argmin, argmax, var, std over axes or everything;
-//! * [`compare`]: eq/ne/lt/gt/le/ge masks, `where_cond`, `clamp`;
+//! * [`mod@compare`]: eq/ne/lt/gt/le/ge masks, `where_cond`, `clamp`;
 //! * [`shape_ops`]: concat, stack, split, chunk, index_select, gather, contiguous copy;
-//! * [`matmul`]: matmul / batched matmul through the `gemm` crate;
+//! * [`mod@matmul`]: matmul / batched matmul through the `gemm` crate;
 //! * [`linalg`]: SVD, QR, Cholesky, solve through `faer`;
 //! * [`simd`]: the scalar and AVX2 f32 kernels; [`dispatch`]: which backend and kernel run.
 //!

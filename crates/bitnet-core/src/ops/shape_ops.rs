@@ -13,7 +13,7 @@ use crate::tensor::Tensor;
 
 /// Copy the elements of any view, row-major, into `dst` (exactly its byte size): one
 /// memcpy per contiguous run of the view.
-fn copy_into(t: &Tensor, dst: &mut [u8]) -> Result<()> {
+pub(crate) fn copy_into(t: &Tensor, dst: &mut [u8]) -> Result<()> {
     let t = iter::aligned(t)?;
     let es = t.dtype().size_in_bytes();
     let src = t

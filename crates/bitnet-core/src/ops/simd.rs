@@ -254,7 +254,7 @@ pub fn sum(k: Kernel, x: &[f32]) -> f64 {
         .sum()
 }
 
-/// Σ (x[i] − mean)², blocked like [`sum`]; the second pass of a two-pass variance.
+/// `Σ (x[i] − mean)²`, blocked like [`sum`]; the second pass of a two-pass variance.
 pub fn sum_sq_dev(k: Kernel, x: &[f32], mean: f32) -> f64 {
     x.chunks(SUM_BLOCK)
         .map(|c| {
