@@ -917,3 +917,30 @@ fn dispatch_fallback_is_counted_and_forced_kernels_apply() {
     .unwrap();
     assert_eq!(p.kernel == Kernel::Avx2, dispatch::avx2_available());
 }
+
+#[test]
+fn linalg_empty_matrices() {
+    let e = Tensor::zeros((0, 0), DType::F32).unwrap();
+    let (u, s, vt) = ops::svd(&Tensor::zeros((0, 3), DType::F32).unwrap()).unwrap();
+    assert_eq!(
+        (u.dims(), s.dims(), vt.dims()),
+        (&[0, 0][..], &[0][..], &[0, 3][..])
+    );
+    let (q, r) = ops::qr(&Tensor::zeros((3, 0), DType::F32).unwrap()).unwrap();
+    assert_eq!((q.dims(), r.dims()), (&[3, 0][..], &[0, 0][..]));
+    assert_eq!(ops::cholesky(&e).unwrap().dims(), &[0, 0]);
+    assert_eq!(
+        ops::solve(&e, &Tensor::zeros(0, DType::F32).unwrap())
+            .unwrap()
+            .dims(),
+        &[0]
+    );
+    assert!(matches!(
+        ops::svd(&Tensor::zeros(3, DType::F32).unwrap()),
+        Err(ops::LinalgError::Tensor(Error::Shape { .. }))
+    ));
+    assert!(matches!(
+        ops::qr(&Tensor::zeros((2, 2), DType::I32).unwrap()),
+        Err(ops::LinalgError::Tensor(Error::UnsupportedDType { .. }))
+    ));
+}
