@@ -2,7 +2,10 @@
 //! numerically stable softmax / log-softmax along an axis.
 //!
 //! Float dtypes only (integer tensors are [`Error::UnsupportedDType`]); f16/bf16 are
-//! computed in f32. NaN inputs give NaN outputs; softmax subtracts the row maximum before
+//! computed in f32. A strided input is first copied to contiguous (one copy) so that
+//! every element goes through the same kernel: mixing the SIMD polynomial on contiguous
+//! runs with libm on strided ones would make results depend on the layout. NaN inputs
+//! give NaN outputs; softmax subtracts the row maximum before
 //! `exp`, so large logits cannot overflow, and a row containing NaN is NaN throughout.
 
 use rayon::prelude::*;
