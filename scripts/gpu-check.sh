@@ -4,7 +4,9 @@
 #   cuda_nvrtc    NVRTC compiles every kernel            (crates/bitnet-core/tests/cuda_nvrtc.rs)
 #   cuda_kernels  every kernel vs the CPU reference      (crates/bitnet-core/tests/cuda_kernels.rs)
 #   cuda_model    tiny model logits/greedy, GPU vs CPU   (crates/bitnet-models/tests/cuda_model.rs)
-#   cuda_bench    copy BW, GEMV GB/s, GEMM, 2B-4T prefill/decode (crates/bitnet-models/examples)
+#   cuda_bench    copy BW, GEMV GB/s, GEMM, 2B-4T prefill/decode, per-kernel decode profile
+#                 (crates/bitnet-models/examples); cuda_bench_before, when present, is the same
+#                 benchmark built from an earlier commit, run with --model-only for comparison
 # and the CPU kernel tests (.gpu/kernels-test) when present. Prints a summary table last.
 #
 # prepare (on the build machine):  scripts/gpu-check.sh --prepare
@@ -54,7 +56,11 @@ run model .gpu/cuda_model --nocapture
 if [ -x .gpu/kernels-test ]; then
     run cpu-kernels .gpu/kernels-test --nocapture
 fi
-run bench .gpu/cuda_bench
+if [ -x .gpu/cuda_bench_before ]; then
+    # The previous commit's kernels (built from it with the same profiler) for comparison.
+    run bench-before .gpu/cuda_bench_before --model-only
+fi
+run bench .gpu/cuda_bench ${BENCH_ARGS:-}
 
 echo
 echo "## summary"
@@ -63,5 +69,10 @@ echo "| --- | --- | --- |"
 printf '%s\n' "${results[@]}"
 grep -h -E 'rel err|codes off|exact|identical' "$OUT"/kernels.log "$OUT"/model.log 2>/dev/null | sort | uniq -c | sort -rn | head -30
 echo
+if [ -f "$OUT/bench-before.log" ]; then
+    echo "### before"
+    grep -h '^|' "$OUT/bench-before.log" 2>/dev/null
+    echo "### after"
+fi
 grep -h '^|' "$OUT/bench.log" 2>/dev/null
 grep -h -E '^(device|prefill|decode|copy)' "$OUT/bench.log" 2>/dev/null

@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use bitnet_core::cuda::attention::attention;
+use bitnet_core::cuda::attention::{attention, attention_decode, DecodeScratch};
 use bitnet_core::cuda::ops::{self, AttnDims, RopeTables};
-use bitnet_core::cuda::ternary::{matmul, DevActs, DevTernary, Epilogue};
+use bitnet_core::cuda::ternary::{matmul, matmul_norm, DevActs, DevTernary, Epilogue};
 use bitnet_core::cuda::{CudaDevice, Stream};
 use bitnet_core::nn::attention::{causal_attention, AttnShape};
 use bitnet_core::nn::bitlinear::{BitLinear, QuantizedActs};
@@ -157,10 +157,59 @@ fn fused_gate_up_relu2_matches_cpu_exactly() {
 }
 
 #[test]
+fn fused_norm_gemv_matches_norm_then_gemv_exactly() {
+    // rmsnorm→int8 fused into the matrix-vector product equals the two kernels in sequence
+    // (each checked against the CPU above and below) bit for bit, for every epilogue.
+    let Some((dev, s)) = device() else { return };
+    let mut rng = StdRng::seed_from_u64(0xF05E);
+    for &(n, k, epi, bias) in &[
+        (3840usize, 2560usize, Epilogue::Store, false),
+        (2560, 2560, Epilogue::Add, false),
+        (13824, 2560, Epilogue::Relu2, false),
+        (2560, 6912, Epilogue::Add, false),
+        (640, 2560, Epilogue::Store, true),
+        (250, 200, Epilogue::Store, true),
+        (3, 64, Epilogue::Add, false),
+        (40, 9000, Epilogue::Store, false),
+    ] {
+        let w = random_bitlinear(&mut rng, n, k, bias);
+        let dw = DevTernary::from_bitlinear(&dev, &s, &[&w], false).unwrap();
+        let x: Vec<f32> = (0..k).map(|_| rng.random_range(-4.0f32..4.0)).collect();
+        let g: Vec<f32> = (0..k).map(|_| rng.random_range(0.2f32..2.0)).collect();
+        let dx = dev.upload(&s, &x).unwrap();
+        let dg = dev.upload(&s, &g).unwrap();
+        let n_out = if epi == Epilogue::Relu2 { n / 2 } else { n };
+        let init: Vec<f32> = (0..n_out).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        let mut acts = DevActs::new(&dev, 1, k).unwrap();
+        ops::rmsnorm_quant(&dev, &s, &dx, 0, 1, k, &dg, 1e-5, &mut acts).unwrap();
+        let mut want = dev.upload(&s, &init).unwrap();
+        matmul(&dev, &s, &dw, &acts, 1, &mut want, epi, false).unwrap();
+        let mut got = dev.upload(&s, &init).unwrap();
+        if epi != Epilogue::Add {
+            got.fill_bytes(&s, 0xFF).unwrap();
+        }
+        matmul_norm(&dev, &s, &dw, &dx, &dg, 1e-5, &mut got, epi).unwrap();
+        assert_bits_eq(
+            &format!("norm+gemv {n}×{k} {epi:?}"),
+            &got.read(&s, n_out).unwrap(),
+            &want.read(&s, n_out).unwrap(),
+        );
+        eprintln!("norm+gemv {n}×{k} {epi:?}: exact");
+    }
+}
+
+#[test]
 fn rmsnorm_quant_and_rmsnorm_match_cpu() {
     let Some((dev, s)) = device() else { return };
     let mut rng = StdRng::seed_from_u64(0x4E0);
-    for &(m, k) in &[(1usize, 2560usize), (33, 2560), (5, 6912), (4, 200)] {
+    for &(m, k) in &[
+        (1usize, 2560usize),
+        (33, 2560),
+        (5, 6912),
+        (1, 6912),
+        (4, 200),
+        (2, 10000),
+    ] {
         let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-4.0f32..4.0)).collect();
         let w: Vec<f32> = (0..k).map(|_| rng.random_range(0.2f32..2.0)).collect();
         let eps = 1e-5;
@@ -222,6 +271,7 @@ fn rope_kv_append_and_attention_match_cpu() {
         (4usize, 2usize, 128usize, RopeStyle::Neox),
         (20, 5, 128, RopeStyle::Neox),
         (2, 1, 64, RopeStyle::Interleaved),
+        (6, 3, 96, RopeStyle::Neox),
     ] {
         let max_ctx = 300;
         let d = AttnDims {
@@ -241,7 +291,8 @@ fn rope_kv_append_and_attention_match_cpu() {
         let mut cv = vec![f16::ZERO; d.cache_len()];
         let mut pos = 0;
         // A prefill, single-token decodes, then another batch.
-        for &m in &[37usize, 1, 1, 5, 200] {
+        let mut scratch = DecodeScratch::new(&dev, &s, d, max_ctx).unwrap();
+        for &m in &[37usize, 1, 1, 5, 200, 1] {
             let qkv: Vec<f32> = (0..m * width)
                 .map(|_| rng.random_range(-2.0f32..2.0))
                 .collect();
@@ -313,6 +364,26 @@ fn rope_kv_append_and_attention_match_cpu() {
                 "attention rel err {e} (heads {nh}/{nkv}, m {m}, pos {pos})"
             );
             eprintln!("rope+kv exact, attention rel err {e:.1e}: heads {nh}/{nkv} hd {hd} m {m} pos {pos}");
+            if m == 1 {
+                // The split-over-positions decode kernel (twice: its per-head counters must
+                // be back at zero after each launch).
+                for rep in 0..2 {
+                    out.fill_bytes(&s, 0xFF).unwrap();
+                    attention_decode(&dev, &s, &dqkv, &kc, &vc, &mut out, &dctl, d, &mut scratch)
+                        .unwrap();
+                    let e = rel_err(&out.read(&s, qd).unwrap(), &co);
+                    assert!(
+                        e <= 1e-5,
+                        "decode attention rel err {e} (heads {nh}/{nkv}, pos {pos}, rep {rep})"
+                    );
+                    if rep == 1 {
+                        eprintln!(
+                            "decode attention ({} splits) rel err {e:.1e}: heads {nh}/{nkv} hd {hd} pos {pos}",
+                            scratch.splits()
+                        );
+                    }
+                }
+            }
             pos += m;
         }
     }

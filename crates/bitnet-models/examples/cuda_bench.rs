@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use bitnet_core::cuda::ops;
-use bitnet_core::cuda::ternary::{matmul, DevActs, DevTernary, Epilogue};
+use bitnet_core::cuda::ternary::{matmul, matmul_norm, DevActs, DevTernary, Epilogue};
 use bitnet_core::cuda::{CudaDevice, Stream};
 use bitnet_core::quant::ternary::TernaryLayout;
 use bitnet_models::bitnet::{Config, Logits};
@@ -49,6 +49,8 @@ fn time_graph(s: &Stream, reps: usize, launch: &mut dyn FnMut() -> R<()>) -> R<f
 
 fn main() -> R<()> {
     let quick = std::env::args().any(|a| a == "--quick");
+    // --model-only: skip the kernel benchmarks (copy bandwidth is still measured).
+    let model_only = std::env::args().any(|a| a == "--model-only");
     let dev = CudaDevice::new(0)?;
     let s = dev.new_stream()?;
     println!(
@@ -76,14 +78,19 @@ fn main() -> R<()> {
 
     // Ternary GEMV on the 2B-4T shapes; many weight copies so L2 (50-60 MB) cannot hold them.
     let mut rng = Rng(0x9E3779B97F4A7C15);
-    for &(nr, k) in &[
-        (2560usize, 2560usize),
-        (640, 2560),
-        (6912, 2560),
-        (2560, 6912),
-        (3840, 2560),
-        (13824, 2560),
-    ] {
+    let shapes: &[(usize, usize)] = if model_only {
+        &[]
+    } else {
+        &[
+            (2560usize, 2560usize),
+            (640, 2560),
+            (6912, 2560),
+            (2560, 6912),
+            (3840, 2560),
+            (13824, 2560),
+        ]
+    };
+    for &(nr, k) in shapes {
         let trits: Vec<i8> = (0..nr * k).map(|_| (rng.next() % 3) as i8 - 1).collect();
         let scales = vec![0.02f32; nr];
         let one = DevTernary::from_trits(&dev, &s, &trits, nr, k, &scales, None)?;
@@ -100,6 +107,22 @@ fn main() -> R<()> {
         let mut out = dev.alloc::<f32>(nr)?;
         let rounds = (400 / copies).max(2);
         let launches = rounds * copies;
+        let pdl0 = dev.pdl_enabled();
+        let mut per_off = None;
+        if pdl0 {
+            // The same chain without programmatic dependent launch, for comparison.
+            dev.set_pdl(false);
+            let ms = time_graph(&s, 7, &mut || {
+                for _ in 0..rounds {
+                    for w in &ws {
+                        matmul(&dev, &s, w, &acts, 1, &mut out, Epilogue::Store, false)?;
+                    }
+                }
+                Ok(())
+            })?;
+            dev.set_pdl(true);
+            per_off = Some(ms * 1e3 / launches as f64);
+        }
         let ms = time_graph(&s, 7, &mut || {
             for _ in 0..rounds {
                 for w in &ws {
@@ -109,6 +132,9 @@ fn main() -> R<()> {
             Ok(())
         })?;
         let per = ms * 1e3 / launches as f64;
+        if let Some(off) = per_off {
+            println!("gemv {nr}×{k}: {off:.2} µs/call without PDL");
+        }
         let bytes = wbytes + ws[0].kp() + 4 * nr;
         let gbs = bytes as f64 / (per * 1e-6) / 1e9;
         println!(
@@ -119,6 +145,30 @@ fn main() -> R<()> {
             "| ternary GEMV {nr}×{k} ({:.2} MB) | {per:.2} µs, {gbs:.0} GB/s | {:.0} % |",
             wbytes as f64 / 1e6,
             100.0 * gbs / copy_gbs
+        ));
+        // The same chain with the RMSNorm→int8 of an f32 input fused in (the decode path).
+        let xf: Vec<f32> = (0..k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.03)
+            .collect();
+        let dxf = dev.upload(&s, &xf)?;
+        let dg = dev.upload(&s, &vec![1.0f32; k])?;
+        let ms = time_graph(&s, 7, &mut || {
+            for _ in 0..rounds {
+                for w in &ws {
+                    matmul_norm(&dev, &s, w, &dxf, &dg, 1e-5, &mut out, Epilogue::Store)?;
+                }
+            }
+            Ok(())
+        })?;
+        let pf = ms * 1e3 / launches as f64;
+        let gf = bytes as f64 / (pf * 1e-6) / 1e9;
+        println!(
+            "norm+gemv {nr}×{k}: {pf:.2} µs/call, {gf:.0} GB/s = {:.0} % of copy",
+            100.0 * gf / copy_gbs
+        );
+        table.push(format!(
+            "| norm→int8 + GEMV {nr}×{k} (fused) | {pf:.2} µs, {gf:.0} GB/s | {:.0} % |",
+            100.0 * gf / copy_gbs
         ));
         // The prefill product on 512 tokens of the same shape (tensor cores).
         if nr != 640 {
@@ -178,7 +228,16 @@ fn main() -> R<()> {
     );
     let n_dec = 128;
     let mut dec = Vec::new();
-    for graph in [true, false] {
+    let pdl_default = dev.pdl_enabled();
+    // (graph, programmatic dependent launch)
+    let variants: &[(bool, bool)] = if pdl_default {
+        &[(true, true), (true, false), (false, true)]
+    } else {
+        &[(true, false), (false, false)]
+    };
+    for &(graph, pdl) in variants {
+        dev.set_pdl(pdl);
+        gm.set_use_graph(false);
         gm.set_use_graph(graph);
         gm.reset();
         gm.forward(&prompt, Logits::Last)?;
@@ -189,18 +248,78 @@ fn main() -> R<()> {
         }
         let dt = t.elapsed().as_secs_f64();
         let tps = n_dec as f64 / dt;
+        let label = format!(
+            "{}{}",
+            if graph { "CUDA graph" } else { "eager" },
+            if pdl { ", PDL" } else { "" }
+        );
         println!(
-            "decode {n_dec} tokens at positions 513..641: {:.3} ms/token → {tps:.0} tok/s ({})",
+            "decode {n_dec} tokens at positions 513..641: {:.3} ms/token → {tps:.0} tok/s ({label}; {})",
             dt * 1e3 / n_dec as f64,
             gm.graph_status()
         );
-        dec.push((graph, tps, dt * 1e3 / n_dec as f64));
+        dec.push((label, tps, dt * 1e3 / n_dec as f64));
     }
+    dev.set_pdl(pdl_default);
+    gm.set_use_graph(false);
+    gm.set_use_graph(true);
+    {
+        // The fused norm→int8 + product variant (graph, default PDL).
+        gm.set_fused_norm(true);
+        gm.reset();
+        gm.forward(&prompt, Logits::Last)?;
+        let mut tok = gm.greedy_next(1)?;
+        let t = Instant::now();
+        for _ in 0..n_dec {
+            tok = gm.greedy_next(tok)?;
+        }
+        let dt = t.elapsed().as_secs_f64();
+        println!(
+            "decode {n_dec} tokens, norm fused into the products: {:.3} ms/token → {:.0} tok/s",
+            dt * 1e3 / n_dec as f64,
+            n_dec as f64 / dt
+        );
+        dec.push((
+            "CUDA graph, PDL, norm fused into GEMV".to_string(),
+            n_dec as f64 / dt,
+            dt * 1e3 / n_dec as f64,
+        ));
+        gm.set_fused_norm(false);
+    }
+    // Per-kernel GPU time of one eager decode step (an event after every kernel; the
+    // step is queued in full before it runs). Median over 5 profiled steps per label.
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        runs.push(gm.profile_decode(1)?);
+    }
+    runs.remove(0);
+    println!("\n## per-kernel decode profile (eager, events between kernels; µs per token)\n");
+    println!("| kernel | launches | µs/token | µs/launch | share |");
+    println!("| --- | --- | --- | --- | --- |");
+    let total: f64 = {
+        let mut t: Vec<f64> = runs.iter().map(|r| r.iter().map(|e| e.2).sum()).collect();
+        t.sort_by(|a, b| a.total_cmp(b));
+        t[t.len() / 2]
+    };
+    for (i, (name, n, _)) in runs[0].iter().enumerate() {
+        let mut v: Vec<f64> = runs.iter().map(|r| r[i].2).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let ms = v[v.len() / 2];
+        println!(
+            "| {name} | {n} | {:.1} | {:.2} | {:.1} % |",
+            ms * 1e3,
+            ms * 1e3 / *n as f64,
+            100.0 * ms / total
+        );
+    }
+    println!(
+        "| **total (eager, with events)** | | {:.1} | | |",
+        total * 1e3
+    );
     let bytes_tok = gm.weight_bytes() as f64;
-    for (graph, tps, ms) in &dec {
+    for (label, tps, ms) in &dec {
         table.push(format!(
-            "| decode (2B-4T, {}) | {tps:.0} tok/s ({ms:.3} ms/token; {:.0} GB/s of weights) | {:.0} % |",
-            if *graph { "CUDA graph" } else { "eager" },
+            "| decode (2B-4T, {label}) | {tps:.0} tok/s ({ms:.3} ms/token; {:.0} GB/s of weights) | {:.0} % |",
             bytes_tok / (ms * 1e-3) / 1e9,
             100.0 * bytes_tok / (ms * 1e-3) / 1e9 / copy_gbs
         ));

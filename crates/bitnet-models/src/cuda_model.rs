@@ -7,16 +7,17 @@
 //! decode loop allocates nothing. [`CudaModel::greedy_next`] runs one decode step (captured
 //! once into a CUDA graph and replayed) and reads back only the chosen token id.
 //!
-//! Per layer: RMSNorm→int8 (one kernel) → qkv product → RoPE + KV append → attention →
+//! Per layer: RMSNorm→int8 (one kernel) → qkv product → RoPE + KV append → attention (for
+//! one token: split over positions, flash-decoding style) →
 //! RMSNorm→int8 → o product with the residual add fused → RMSNorm→int8 → gate/up product
 //! with relu²·up fused → RMSNorm→int8 → down product with the residual add fused.
 
 use std::sync::Arc;
 
-use bitnet_core::cuda::attention::attention;
+use bitnet_core::cuda::attention::{attention, attention_decode, DecodeScratch};
 use bitnet_core::cuda::ops::{self, AttnDims, RopeTables};
-use bitnet_core::cuda::ternary::{matmul, DevActs, DevTernary, Epilogue};
-use bitnet_core::cuda::{CudaDevice, DevBuf, Graph, Stream};
+use bitnet_core::cuda::ternary::{matmul, matmul_norm, DevActs, DevTernary, Epilogue};
+use bitnet_core::cuda::{CudaDevice, DevBuf, Event, Graph, Stream};
 use bitnet_core::quant::dense::DenseMatrix;
 use rayon::prelude::*;
 
@@ -74,6 +75,7 @@ pub struct CudaModel {
     attn: DevBuf<f32>,
     ffn: DevBuf<f32>,
     acts: DevActs,
+    att_scratch: DecodeScratch,
     xn: DevBuf<f32>,
     logits1: DevBuf<f32>,
     best: DevBuf<u64>,
@@ -85,6 +87,22 @@ pub struct CudaModel {
     graph: Option<Graph>,
     graph_note: Option<String>,
     weight_bytes: usize,
+    /// Decode with the norm→int8 fused into the products ([`CudaModel::set_fused_norm`]).
+    fuse_norm: bool,
+    /// While profiling: an event recorded after each kernel, with the kernel's label.
+    prof: Option<Vec<(&'static str, Event)>>,
+}
+
+/// Record a profiling event labelled `what` (no-op unless profiling).
+fn mark(
+    prof: &mut Option<Vec<(&'static str, Event)>>,
+    s: &Stream,
+    what: &'static str,
+) -> Result<()> {
+    if let Some(p) = prof {
+        p.push((what, s.record()?));
+    }
+    Ok(())
 }
 
 fn upload_f32(dev: &CudaDevice, s: &Stream, v: &[f32]) -> Result<DevBuf<f32>> {
@@ -192,6 +210,7 @@ impl CudaModel {
             attn: dev.alloc(mb * qd)?,
             ffn: dev.alloc(mb * ff)?,
             acts: DevActs::new(&dev, mb, kmax)?,
+            att_scratch: DecodeScratch::new(&dev, &stream, dims, max_ctx)?,
             xn: dev.alloc(mb.min(8) * h)?,
             logits1: dev.alloc(c.vocab_size)?,
             best: dev.alloc(1)?,
@@ -211,6 +230,8 @@ impl CudaModel {
             graph: None,
             graph_note: None,
             weight_bytes,
+            prof: None,
+            fuse_norm: false,
             config: c,
         };
         Ok(m)
@@ -263,6 +284,15 @@ impl CudaModel {
         }
     }
 
+    /// Decode with RMSNorm→int8 fused into each matrix-vector product (one launch instead
+    /// of two; same results bit for bit). Off by default: on the H100 the per-block norm
+    /// prologue costs more than the launch it saves (see BENCHMARKS.md). Drops a captured
+    /// graph.
+    pub fn set_fused_norm(&mut self, on: bool) {
+        self.fuse_norm = on;
+        self.graph = None;
+    }
+
     /// Whether greedy decode replays a CUDA graph, or why not.
     pub fn graph_status(&self) -> String {
         match (&self.graph, &self.graph_note, self.use_graph) {
@@ -306,25 +336,48 @@ impl CudaModel {
         Ok(())
     }
 
-    /// Queue the layers for `m` tokens whose ids and first position are in `ctl`.
+    /// Queue the layers for `m` tokens whose ids and first position are in `ctl`. One token
+    /// (decode) takes the matrix-vector kernels and the split attention (and, with
+    /// `fuse_norm`, the norm→int8 fused into the products: six launches per layer instead
+    /// of ten); more tokens take the tensor-core products. Under programmatic dependent
+    /// launch (sm_90) each product's weights stream in while the previous kernel finishes.
     fn enqueue_layers(&mut self, m: usize, max_positions: usize, best: bool) -> Result<()> {
         let c = &self.config;
         let (dev, s) = (&*self.dev, &self.stream);
         let (h, qd, ff, eps) = (c.hidden, c.q_dim(), c.intermediate, c.rms_eps);
         let best = if best { Some(&self.best) } else { None };
+        let fused = m == 1 && self.fuse_norm;
+        let split_attn = m == 1;
         ops::embed(dev, s, &self.embed, h, &self.ctl, m, &mut self.x, best)?;
+        mark(&mut self.prof, s, "embed")?;
         for l in &mut self.layers {
-            ops::rmsnorm_quant(dev, s, &self.x, 0, m, h, &l.attn_norm, eps, &mut self.acts)?;
-            matmul(
-                dev,
-                s,
-                &l.qkv,
-                &self.acts,
-                m,
-                &mut self.qkv,
-                Epilogue::Store,
-                false,
-            )?;
+            if fused {
+                matmul_norm(
+                    dev,
+                    s,
+                    &l.qkv,
+                    &self.x,
+                    &l.attn_norm,
+                    eps,
+                    &mut self.qkv,
+                    Epilogue::Store,
+                )?;
+                mark(&mut self.prof, s, "norm+gemv qkv")?;
+            } else {
+                ops::rmsnorm_quant(dev, s, &self.x, 0, m, h, &l.attn_norm, eps, &mut self.acts)?;
+                mark(&mut self.prof, s, "norm→int8 (attn)")?;
+                matmul(
+                    dev,
+                    s,
+                    &l.qkv,
+                    &self.acts,
+                    m,
+                    &mut self.qkv,
+                    Epilogue::Store,
+                    false,
+                )?;
+                mark(&mut self.prof, s, "gemv/gemm qkv")?;
+            }
             ops::rope_kv(
                 dev,
                 s,
@@ -336,71 +389,84 @@ impl CudaModel {
                 &self.ctl,
                 self.dims,
             )?;
-            attention(
-                dev,
-                s,
-                &self.qkv,
-                m,
-                &l.kc,
-                &l.vc,
-                &mut self.attn,
-                &self.ctl,
-                self.dims,
-                max_positions,
-            )?;
-            ops::rmsnorm_quant(
-                dev,
-                s,
-                &self.attn,
-                0,
-                m,
-                qd,
-                &l.attn_sub_norm,
-                eps,
-                &mut self.acts,
-            )?;
-            matmul(
-                dev,
-                s,
-                &l.o,
-                &self.acts,
-                m,
-                &mut self.x,
-                Epilogue::Add,
-                false,
-            )?;
-            ops::rmsnorm_quant(dev, s, &self.x, 0, m, h, &l.ffn_norm, eps, &mut self.acts)?;
-            matmul(
-                dev,
-                s,
-                &l.gate_up,
-                &self.acts,
-                m,
-                &mut self.ffn,
-                Epilogue::Relu2,
-                false,
-            )?;
-            ops::rmsnorm_quant(
-                dev,
-                s,
-                &self.ffn,
-                0,
-                m,
-                ff,
-                &l.ffn_sub_norm,
-                eps,
-                &mut self.acts,
-            )?;
-            matmul(
-                dev,
-                s,
-                &l.down,
-                &self.acts,
-                m,
-                &mut self.x,
-                Epilogue::Add,
-                false,
-            )?;
+            mark(&mut self.prof, s, "rope+kv")?;
+            if split_attn {
+                attention_decode(
+                    dev,
+                    s,
+                    &self.qkv,
+                    &l.kc,
+                    &l.vc,
+                    &mut self.attn,
+                    &self.ctl,
+                    self.dims,
+                    &mut self.att_scratch,
+                )?;
+            } else {
+                attention(
+                    dev,
+                    s,
+                    &self.qkv,
+                    m,
+                    &l.kc,
+                    &l.vc,
+                    &mut self.attn,
+                    &self.ctl,
+                    self.dims,
+                    max_positions,
+                )?;
+            }
+            mark(&mut self.prof, s, "attention")?;
+            if fused {
+                matmul_norm(
+                    dev,
+                    s,
+                    &l.o,
+                    &self.attn,
+                    &l.attn_sub_norm,
+                    eps,
+                    &mut self.x,
+                    Epilogue::Add,
+                )?;
+                mark(&mut self.prof, s, "norm+gemv o (+res)")?;
+                matmul_norm(
+                    dev,
+                    s,
+                    &l.gate_up,
+                    &self.x,
+                    &l.ffn_norm,
+                    eps,
+                    &mut self.ffn,
+                    Epilogue::Relu2,
+                )?;
+                mark(&mut self.prof, s, "norm+gemv gate/up relu²")?;
+                matmul_norm(
+                    dev,
+                    s,
+                    &l.down,
+                    &self.ffn,
+                    &l.ffn_sub_norm,
+                    eps,
+                    &mut self.x,
+                    Epilogue::Add,
+                )?;
+                mark(&mut self.prof, s, "norm+gemv down (+res)")?;
+                continue;
+            }
+            let (acts, pr) = (&mut self.acts, &mut self.prof);
+            ops::rmsnorm_quant(dev, s, &self.attn, 0, m, qd, &l.attn_sub_norm, eps, acts)?;
+            mark(pr, s, "norm→int8 (attn sub)")?;
+            matmul(dev, s, &l.o, acts, m, &mut self.x, Epilogue::Add, false)?;
+            mark(pr, s, "gemv/gemm o (+res)")?;
+            ops::rmsnorm_quant(dev, s, &self.x, 0, m, h, &l.ffn_norm, eps, acts)?;
+            mark(pr, s, "norm→int8 (ffn)")?;
+            let (ffn, epi) = (&mut self.ffn, Epilogue::Relu2);
+            matmul(dev, s, &l.gate_up, acts, m, ffn, epi, false)?;
+            mark(pr, s, "gemv/gemm gate/up relu²")?;
+            ops::rmsnorm_quant(dev, s, &self.ffn, 0, m, ff, &l.ffn_sub_norm, eps, acts)?;
+            mark(pr, s, "norm→int8 (ffn sub)")?;
+            matmul(dev, s, &l.down, acts, m, &mut self.x, Epilogue::Add, false)?;
+            mark(pr, s, "gemv/gemm down (+res)")?;
         }
         Ok(())
     }
@@ -472,6 +538,7 @@ impl CudaModel {
             c.rms_eps,
             &mut self.xn,
         )?;
+        mark(&mut self.prof, s, "final norm")?;
         ops::head(
             dev,
             s,
@@ -483,7 +550,36 @@ impl CudaModel {
             &mut self.logits1,
             Some(&self.best),
         )?;
+        mark(&mut self.prof, s, "LM head + arg-max")?;
         Ok(())
+    }
+
+    /// GPU time per kernel kind of one decode step of `token` at the current position,
+    /// launched eagerly with an event after each kernel (the GPU first sleeps 20 ms so that
+    /// the whole step is queued before it runs: no host gaps in the times). Returns
+    /// (label, launches, total ms) in order of first appearance; the position does not
+    /// advance. For profiling only.
+    pub fn profile_decode(&mut self, token: u32) -> Result<Vec<(&'static str, usize, f64)>> {
+        self.check_tokens(&[token])?;
+        self.upload_ctl(&[token])?;
+        ops::gpu_sleep(&self.dev, &self.stream, 20_000_000)?;
+        self.prof = Some(vec![("start", self.stream.record()?)]);
+        let r = self.enqueue_decode();
+        let marks = self.prof.take().unwrap_or_default();
+        r?;
+        self.stream.sync()?;
+        let mut out: Vec<(&'static str, usize, f64)> = Vec::new();
+        for w in marks.windows(2) {
+            let dt = bitnet_core::cuda::elapsed_ms(&w[0].1, &w[1].1)?;
+            match out.iter_mut().find(|e| e.0 == w[1].0) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += dt;
+                }
+                None => out.push((w[1].0, 1, dt)),
+            }
+        }
+        Ok(out)
     }
 
     /// One greedy decode step: run `token` at the next position and return the arg-max of

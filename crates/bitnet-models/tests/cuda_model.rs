@@ -156,6 +156,58 @@ fn tiny_model_logits_and_greedy_match_cpu() {
         "decode allocated"
     );
 
+    // Graph replay with programmatic dependent launch (the default on sm_90) and eager
+    // launches without it give bit-identical decode logits: every kernel waits for its
+    // predecessor before reading what it wrote.
+    let pdl = gpu.device().pdl_enabled();
+    let mut runs: Vec<Vec<f32>> = Vec::new();
+    for eager in [false, true] {
+        gpu.reset();
+        gpu.forward(&prompt, Logits::Last).unwrap();
+        if eager {
+            gpu.device().set_pdl(false);
+            gpu.set_use_graph(false);
+        }
+        let mut t = 3u32;
+        let mut all = Vec::new();
+        for _ in 0..6 {
+            t = gpu.greedy_next(t).unwrap();
+            all.extend(gpu.last_logits().unwrap());
+        }
+        runs.push(all);
+    }
+    gpu.device().set_pdl(pdl);
+    gpu.set_use_graph(true);
+    assert!(
+        runs[0]
+            .iter()
+            .zip(&runs[1])
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "graph/PDL decode differs from eager decode"
+    );
+    eprintln!("decode: graph replay (PDL {pdl}) and eager launches bit-identical over 6 steps");
+
+    // The fused norm→int8 + product decode path gives the same logits bit for bit.
+    {
+        gpu.reset();
+        gpu.forward(&prompt, Logits::Last).unwrap();
+        gpu.set_fused_norm(true);
+        let mut t = 3u32;
+        let mut all = Vec::new();
+        for _ in 0..6 {
+            t = gpu.greedy_next(t).unwrap();
+            all.extend(gpu.last_logits().unwrap());
+        }
+        gpu.set_fused_norm(false);
+        assert!(
+            all.iter()
+                .zip(&runs[0])
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "fused-norm decode differs"
+        );
+        eprintln!("decode: norm fused into the products bit-identical over 6 steps");
+    }
+
     // Reset restarts at position 0 and reproduces the first prefill.
     gpu.reset();
     let again = gpu.forward(&prompt, Logits::Last).unwrap();

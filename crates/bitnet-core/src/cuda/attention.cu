@@ -14,6 +14,8 @@ attention(const float* __restrict__ qkv, const u16* __restrict__ kc, const u16* 
           int max_ctx, float scale) {
     extern __shared__ float sm[];
     __shared__ float shr[32];
+    PDL_WAIT();
+    PDL_LAUNCH();
     int h = blockIdx.x, i = blockIdx.y;
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     int n = ctl[0] + i + 1;
@@ -75,4 +77,166 @@ attention(const float* __restrict__ qkv, const u16* __restrict__ kc, const u16* 
         for (int w = 0; w < ATT_WARPS; w++) s += red[w * hd + d];
         o[d] = s;
     }
+}
+
+// Decode attention (one query token at position ctl[0], positions 0 ..= ctl[0]), split
+// over positions (flash-decoding): grid (nh, S); block (h, sp) takes the sp-th of S equal
+// chunks of the positions, 4 warps. Lanes own D = hd/32 consecutive dimensions, so a warp
+// reads a whole key or value row with one load per lane; each warp takes every 4th
+// position of the chunk, eight positions' loads in flight at a time. The block writes its
+// unnormalised partial output, its max and its Σexp to `part` ([h][sp][hd + 2]); the last
+// block of head h to finish (counter `ctr[h]`, reset afterwards) combines the S partials in
+// split order, so the result does not depend on which block finishes last.
+// Dynamic shared memory: chunk_max + 4·hd floats.
+#define AD_WARPS 4
+#define AD_U 8
+template <int D>
+__device__ __forceinline__ void ld_h(const u16* p, float* f) {
+    if (D == 8) {
+        uint4 u = *(const uint4*)p;
+        f[0] = h2f((u16)(u.x & 0xffff)); f[1] = h2f((u16)(u.x >> 16));
+        f[2] = h2f((u16)(u.y & 0xffff)); f[3] = h2f((u16)(u.y >> 16));
+        f[4] = h2f((u16)(u.z & 0xffff)); f[5] = h2f((u16)(u.z >> 16));
+        f[6] = h2f((u16)(u.w & 0xffff)); f[7] = h2f((u16)(u.w >> 16));
+    } else if (D == 4) {
+        uint2 u = *(const uint2*)p;
+        f[0] = h2f((u16)(u.x & 0xffff)); f[1] = h2f((u16)(u.x >> 16));
+        f[2] = h2f((u16)(u.y & 0xffff)); f[3] = h2f((u16)(u.y >> 16));
+    } else if (D == 2) {
+        u32 u = *(const u32*)p;
+        f[0] = h2f((u16)(u & 0xffff)); f[1] = h2f((u16)(u >> 16));
+    } else {
+#pragma unroll
+        for (int d = 0; d < D; d++) f[d] = h2f(p[d]);
+    }
+}
+
+template <int D>
+__device__ __forceinline__ void attn_decode_impl(
+    const float* __restrict__ qkv, const u16* __restrict__ kc, const u16* __restrict__ vc,
+    float* __restrict__ out, const i32* __restrict__ ctl, int nh, int nkv, int max_ctx,
+    float scale, float* __restrict__ part, u32* __restrict__ ctr, int S, int chunk_max) {
+    const int hd = 32 * D;
+    extern __shared__ float sm[];
+    __shared__ float shr[32];
+    __shared__ int last;
+    int h = blockIdx.x, sp = blockIdx.y;
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, bd = blockDim.x;
+    int n = ctl[0] + 1;
+    int chunk = (n + S - 1) / S;
+    if (chunk > chunk_max) chunk = chunk_max;  // never, when the launch sized it
+    int p0 = sp * chunk, p1 = min(n, p0 + chunk);
+    int kvh = h / (nh / nkv);
+    float q[D];
+#pragma unroll
+    for (int d = 0; d < D; d++) q[d] = qkv[(size_t)h * hd + lane * D + d];
+    const u16* kb = kc + (size_t)kvh * max_ctx * hd + lane * D;
+    const u16* vb = vc + (size_t)kvh * max_ctx * hd + lane * D;
+    float* sc = sm;
+    float* red = sm + chunk_max;
+    float mx = -3.402823466e38f;
+    for (int pb = p0 + warp; pb < p1; pb += AD_U * AD_WARPS) {
+        float kf[AD_U][D];
+#pragma unroll
+        for (int u = 0; u < AD_U; u++) {
+            int p = pb + u * AD_WARPS;
+            if (p < p1) ld_h<D>(kb + (size_t)p * hd, kf[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < AD_U; u++) {
+            int p = pb + u * AD_WARPS;
+            if (p < p1) {
+                float a = 0.0f;
+#pragma unroll
+                for (int d = 0; d < D; d++) a += q[d] * kf[u][d];
+                a = warp_sum(a) * scale;
+                if (lane == 0) sc[p - p0] = a;
+                mx = fmaxf(mx, a);
+            }
+        }
+    }
+    mx = block_max(mx, shr);
+    float sum = 0.0f;
+    for (int p = p0 + tid; p < p1; p += bd) {
+        float e = expf(sc[p - p0] - mx);
+        sc[p - p0] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, shr);
+    float acc[D];
+#pragma unroll
+    for (int d = 0; d < D; d++) acc[d] = 0.0f;
+    for (int pb = p0 + warp; pb < p1; pb += AD_U * AD_WARPS) {
+        float vf[AD_U][D];
+#pragma unroll
+        for (int u = 0; u < AD_U; u++) {
+            int p = pb + u * AD_WARPS;
+            if (p < p1) ld_h<D>(vb + (size_t)p * hd, vf[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < AD_U; u++) {
+            int p = pb + u * AD_WARPS;
+            if (p < p1) {
+                float e = sc[p - p0];
+#pragma unroll
+                for (int d = 0; d < D; d++) acc[d] += e * vf[u][d];
+            }
+        }
+    }
+#pragma unroll
+    for (int d = 0; d < D; d++) red[warp * hd + lane * D + d] = acc[d];
+    __syncthreads();
+    float* po = part + ((size_t)h * S + sp) * (hd + 2);
+    for (int d = tid; d < hd; d += bd) {
+        float t = 0.0f;
+        for (int w = 0; w < AD_WARPS; w++) t += red[w * hd + d];
+        po[d] = t;
+    }
+    if (tid == 0) {
+        po[hd] = mx;
+        po[hd + 1] = sum;
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(ctr + h, 1u) == (u32)(S - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    // Combine: the splits' weights exp(m_s − M) once into shared memory (one thread per
+    // split), then each dimension sums S partials with eight loads in flight.
+    const float* ph = part + (size_t)h * S * (hd + 2);
+    float* coef = sm;  // the scores are no longer needed
+    float ms = -3.402823466e38f, ls = 0.0f;
+    if (tid < S) {
+        ms = __ldcg(ph + (size_t)tid * (hd + 2) + hd);
+        ls = __ldcg(ph + (size_t)tid * (hd + 2) + hd + 1);
+    }
+    float M = block_max(ls > 0.0f ? ms : -3.402823466e38f, shr);
+    float cw = ls > 0.0f ? expf(ms - M) : 0.0f;
+    if (tid < S) coef[tid] = cw;
+    float L = block_sum(cw * ls, shr);
+    float inv = 1.0f / L;
+    for (int d = tid; d < hd; d += bd) {
+        float o = 0.0f;
+#pragma unroll 8
+        for (int t = 0; t < S; t++) o += coef[t] * __ldcg(ph + (size_t)t * (hd + 2) + d);
+        out[(size_t)h * hd + d] = o * inv;
+    }
+    if (tid == 0) ctr[h] = 0u;
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attn_decode(const float* __restrict__ qkv, const u16* __restrict__ kc,
+            const u16* __restrict__ vc, float* __restrict__ out, const i32* __restrict__ ctl,
+            int nh, int nkv, int hd, int max_ctx, float scale, float* __restrict__ part,
+            u32* __restrict__ ctr, int S, int chunk_max) {
+    PDL_WAIT();
+    PDL_LAUNCH();
+#define AD_CASE(D) \
+    case D: attn_decode_impl<D>(qkv, kc, vc, out, ctl, nh, nkv, max_ctx, scale, part, ctr, S, chunk_max); break;
+    switch (hd >> 5) {
+        AD_CASE(1) AD_CASE(2) AD_CASE(3) AD_CASE(4) AD_CASE(5) AD_CASE(6) AD_CASE(7) AD_CASE(8)
+        default: break;
+    }
+#undef AD_CASE
 }

@@ -1,5 +1,6 @@
-//! Wrapper of `attention.cu`: causal attention with grouped KV heads over the f16 cache,
-//! for decode (one token) and prefill (many).
+//! Wrappers of `attention.cu`: causal attention with grouped KV heads over the f16 cache,
+//! for prefill (many tokens, [`attention`]) and for decode (one token split over positions,
+//! [`attention_decode`]).
 
 use super::ops::AttnDims;
 use super::{Arg, CudaDevice, DevBuf, Stream, K};
@@ -56,6 +57,107 @@ pub fn attention(
             Arg::I(d.head_dim as i32),
             Arg::I(d.max_ctx as i32),
             Arg::F(scale),
+        ],
+    )
+}
+
+/// Device scratch of [`attention_decode`]: the per-split partial outputs and one counter
+/// per head (zero between launches: the kernel's last block resets it).
+pub struct DecodeScratch {
+    part: DevBuf<f32>,
+    ctr: DevBuf<u32>,
+    splits: usize,
+    chunk_max: usize,
+    n_heads: usize,
+    head_dim: usize,
+}
+
+impl DecodeScratch {
+    /// Scratch for decode steps of up to `max_positions` positions (a captured graph passes
+    /// the cache's capacity). Splits: one per 64 positions, at most 32.
+    pub fn new(
+        dev: &CudaDevice,
+        stream: &Stream,
+        d: AttnDims,
+        max_positions: usize,
+    ) -> Result<Self> {
+        let max_positions = max_positions.max(1);
+        let splits = max_positions.div_ceil(64).clamp(1, 32);
+        let chunk_max = max_positions.div_ceil(splits);
+        let part = dev.alloc::<f32>(d.n_heads * splits * (d.head_dim + 2))?;
+        let mut ctr = dev.alloc::<u32>(d.n_heads)?;
+        ctr.fill_bytes(stream, 0)?;
+        Ok(DecodeScratch {
+            part,
+            ctr,
+            splits,
+            chunk_max,
+            n_heads: d.n_heads,
+            head_dim: d.head_dim,
+        })
+    }
+
+    /// Blocks per head.
+    pub fn splits(&self) -> usize {
+        self.splits
+    }
+}
+
+/// Attention of one query token (row 0 of `qkv`, position `ctl[0]`, its key and value
+/// already in the cache) over positions `0 ..= ctl[0]` into `out` (`n_heads·head_dim`),
+/// split over positions: `n_heads × splits` blocks, combined by the last block of each head.
+/// `ctl[0] + 1` must not exceed the `max_positions` the scratch was made for.
+pub fn attention_decode(
+    dev: &CudaDevice,
+    stream: &Stream,
+    qkv: &DevBuf<f32>,
+    kc: &DevBuf<u16>,
+    vc: &DevBuf<u16>,
+    out: &mut DevBuf<f32>,
+    ctl: &DevBuf<i32>,
+    d: AttnDims,
+    scratch: &mut DecodeScratch,
+) -> Result<()> {
+    if d.n_kv_heads == 0
+        || !d.n_heads.is_multiple_of(d.n_kv_heads)
+        || !d.head_dim.is_multiple_of(32)
+        || d.head_dim > 256
+        || qkv.len() < d.qkv_width()
+        || kc.len() < d.cache_len()
+        || vc.len() < d.cache_len()
+        || out.len() < d.n_heads * d.head_dim
+        || scratch.n_heads != d.n_heads
+        || scratch.head_dim != d.head_dim
+    {
+        return Err(Error::shape(
+            "cuda::attention_decode",
+            format!("buffers do not fit {d:?}"),
+        ));
+    }
+    let smem = (scratch.chunk_max + 4 * d.head_dim) * 4;
+    dev.ensure_smem(K::AttnDecode, smem)?;
+    let scale = 1.0f32 / (d.head_dim as f32).sqrt();
+    dev.launch(
+        K::AttnDecode,
+        stream,
+        (d.n_heads as u32, scratch.splits as u32, 1),
+        (128, 1, 1),
+        smem as u32,
+        &[
+            Arg::P(qkv.ptr()),
+            Arg::P(kc.ptr()),
+            Arg::P(vc.ptr()),
+            Arg::P(out.ptr()),
+            Arg::P(ctl.ptr()),
+            Arg::I(d.n_heads as i32),
+            Arg::I(d.n_kv_heads as i32),
+            Arg::I(d.head_dim as i32),
+            Arg::I(d.max_ctx as i32),
+            Arg::F(scale),
+            Arg::P(scratch.part.ptr()),
+            Arg::P(scratch.ctr.ptr()),
+            Arg::I(scratch.splits as i32),
+            Arg::I(scratch.chunk_max as i32),
         ],
     )
 }

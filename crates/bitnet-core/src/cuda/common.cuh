@@ -10,6 +10,19 @@ typedef unsigned long long u64;
 
 #define FULL_MASK 0xffffffffu
 
+// Programmatic dependent launch (sm_90+): PDL_WAIT blocks until the previous kernel of the
+// stream has finished and its writes are visible; PDL_LAUNCH lets the next kernel's blocks
+// start (they run only their own prologue, then wait). Every kernel calls PDL_WAIT before
+// touching any buffer another kernel reads or writes; on older GPUs, or when launched
+// without the attribute, both are no-ops.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define PDL_WAIT()
+#define PDL_LAUNCH()
+#endif
+
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));

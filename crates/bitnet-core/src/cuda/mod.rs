@@ -19,7 +19,7 @@ pub mod ternary;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{result as dres, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
@@ -161,6 +161,9 @@ pub(crate) enum K {
     ArgmaxF32,
     CopyU4,
     Attention,
+    GpuSleep,
+    AttnDecode,
+    TernGemvNorm,
 }
 
 const KERNEL_NAMES: &[(K, &str)] = &[
@@ -174,6 +177,9 @@ const KERNEL_NAMES: &[(K, &str)] = &[
     (K::ArgmaxF32, "argmax_f32"),
     (K::CopyU4, "copy_u4"),
     (K::Attention, "attention"),
+    (K::GpuSleep, "gpu_sleep"),
+    (K::AttnDecode, "attn_decode"),
+    (K::TernGemvNorm, "tern_gemv_norm"),
 ];
 
 /// One kernel argument (pointers travel as device addresses).
@@ -405,6 +411,15 @@ impl Stream {
     }
 }
 
+/// A CUDA event (for timing with [`Stream::record`]).
+pub type Event = cudarc::driver::CudaEvent;
+
+/// Milliseconds between two recorded events (waits for `end`).
+pub fn elapsed_ms(start: &Event, end: &Event) -> Result<f64> {
+    end.synchronize().map_err(drv)?;
+    Ok(start.elapsed_ms(end).map_err(drv)? as f64)
+}
+
 /// An instantiated CUDA graph, replayed on the stream it was captured on.
 pub struct Graph(cudarc::driver::CudaGraph);
 
@@ -425,6 +440,9 @@ pub struct CudaDevice {
     ordinal: usize,
     sm_count: usize,
     max_smem_optin: usize,
+    /// Programmatic dependent launch (sm_90+; `BITNET_CUDA_PDL=0` turns it off).
+    pdl: AtomicBool,
+    cc_major: i32,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -506,7 +524,10 @@ impl CudaDevice {
                 allocs: AtomicUsize::new(0),
                 live_bytes: AtomicUsize::new(0),
             });
+            let pdl = maj >= 9 && std::env::var("BITNET_CUDA_PDL").map_or(true, |v| v != "0");
             Ok(CudaDevice {
+                pdl: AtomicBool::new(pdl),
+                cc_major: maj,
                 ctx,
                 _module: module,
                 funcs,
@@ -531,6 +552,18 @@ impl CudaDevice {
 
     pub fn ordinal(&self) -> usize {
         self.ordinal
+    }
+
+    /// Whether kernels are launched with programmatic dependent launch (each may start
+    /// while the previous kernel of its stream drains; on by default on sm_90 and newer).
+    pub fn pdl_enabled(&self) -> bool {
+        self.pdl.load(Ordering::Relaxed)
+    }
+
+    /// Turn programmatic dependent launch on or off (only sm_90+ can turn it on); affects
+    /// launches queued or captured afterwards.
+    pub fn set_pdl(&self, on: bool) {
+        self.pdl.store(on && self.cc_major >= 9, Ordering::Relaxed);
     }
 
     pub fn sm_count(&self) -> usize {
@@ -636,6 +669,44 @@ impl CudaDevice {
             };
         }
         stream.bind()?;
+        if self.pdl_enabled() {
+            // Programmatic dependent launch: this grid may start while the previous kernel
+            // of the stream finishes; every kernel waits (`griddepcontrol.wait`) before it
+            // touches data another kernel reads or writes, so only its prologue (loading
+            // constant weights) overlaps the previous kernel.
+            let mut attr = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue { pad: [0; 64] },
+            };
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            let cfg = sys::CUlaunchConfig {
+                gridDimX: grid.0,
+                gridDimY: grid.1,
+                gridDimZ: grid.2,
+                blockDimX: block.0,
+                blockDimY: block.1,
+                blockDimZ: block.2,
+                sharedMemBytes: smem,
+                hStream: stream.raw.cu_stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            // SAFETY: `cfg` and `attr` live across the call; `ptrs` points at the argument
+            // values in `args`, which outlive the call and match the kernel's parameter list
+            // (each wrapper passes exactly the kernel's parameters, pointers as 64-bit device
+            // addresses); cuLaunchKernelEx copies them.
+            return unsafe {
+                sys::cuLaunchKernelEx(
+                    &cfg,
+                    self.funcs[k as usize].cu_function(),
+                    ptrs.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            }
+            .result()
+            .map_err(drv);
+        }
         // SAFETY: `ptrs` points at the argument values in `args`, which outlive the call and
         // match the kernel's parameter list (each wrapper passes exactly the kernel's
         // parameters, pointers as 64-bit device addresses); cuLaunchKernel copies them.

@@ -48,11 +48,13 @@ pub fn rmsnorm_quant(
     acts.k = k;
     acts.kp = kp;
     acts.rows = m;
+    // About four values per thread, held in registers (the kernel loops for longer rows).
+    let threads = (k.div_ceil(4).div_ceil(32) * 32).clamp(64, 1024) as u32;
     dev.launch(
         K::RmsnormQuant,
         stream,
         (m as u32, 1, 1),
-        (256, 1, 1),
+        (threads, 1, 1),
         0,
         &[
             Arg::P(x.ptr_at(row0 * k)),
@@ -376,4 +378,10 @@ pub fn copy(
         0,
         &[Arg::P(src.ptr()), Arg::P(dst.ptr()), Arg::P(n)],
     )
+}
+
+/// Keep the GPU busy for `ns` nanoseconds (one thread spinning on the global timer), so
+/// that work queued after it is queued in full before it starts (for profiling).
+pub fn gpu_sleep(dev: &CudaDevice, stream: &Stream, ns: u64) -> Result<()> {
+    dev.launch(K::GpuSleep, stream, (1, 1, 1), (1, 1, 1), 0, &[Arg::P(ns)])
 }

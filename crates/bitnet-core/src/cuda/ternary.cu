@@ -40,8 +40,10 @@ __device__ __forceinline__ float tern_value(int acc, int xs, float rs, float xf,
 
 // Matrix-vector product for one token. Each warp computes two adjacent rows (so that a
 // gate/up pair of the fused FFN matrix lands in one warp) over the whole row, four
-// independent 16-byte weight loads in flight per lane; 4 warps per block, so N = 2560
-// gives 320 blocks, more than two per SM.
+// independent 16-byte weight loads per row in flight per lane; 4 warps per block, so
+// N = 2560 gives 320 blocks, more than two per SM. The first batch of weights (for
+// K ≤ 8192, the whole row) is loaded before PDL_WAIT: under programmatic dependent launch
+// it streams in while the previous kernel (the norm) still runs.
 #define GEMV_UNROLL 4
 extern "C" __global__ void __launch_bounds__(128)
 tern_gemv(const uint4* __restrict__ W, const i8* __restrict__ xq,
@@ -51,25 +53,28 @@ tern_gemv(const uint4* __restrict__ W, const i8* __restrict__ xq,
     int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     int r0 = warp * 2;
-    if (r0 >= N) return;
+    bool live = r0 < N;
     int r1 = r0 + 1 < N ? r0 + 1 : r0;
     const uint4* w0 = W + (size_t)r0 * kw;
     const uint4* w1 = W + (size_t)r1 * kw;
+    uint4 p0[GEMV_UNROLL], p1[GEMV_UNROLL];
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+        int j = lane + 32 * u;
+        if (live && j < kw) {
+            p0[u] = ld_stream(w0 + j);
+            p1[u] = ld_stream(w1 + j);
+        } else {
+            p0[u] = make_uint4(0, 0, 0, 0);
+            p1[u] = make_uint4(0, 0, 0, 0);
+        }
+    }
+    PDL_WAIT();
+    PDL_LAUNCH();
+    if (!live) return;
     const int4* x4 = (const int4*)xq;
     int a0 = 0, a1 = 0;
-    for (int j0 = lane; j0 < kw; j0 += 32 * GEMV_UNROLL) {
-        uint4 p0[GEMV_UNROLL], p1[GEMV_UNROLL];
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            int j = j0 + 32 * u;
-            if (j < kw) {
-                p0[u] = ld_stream(w0 + j);
-                p1[u] = ld_stream(w1 + j);
-            } else {
-                p0[u] = make_uint4(0, 0, 0, 0);
-                p1[u] = make_uint4(0, 0, 0, 0);
-            }
-        }
+    for (int j0 = lane;;) {
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             int j = j0 + 32 * u;
@@ -81,6 +86,16 @@ tern_gemv(const uint4* __restrict__ W, const i8* __restrict__ xq,
                 xv[3] = __ldg(x4 + 4 * j + 3);
                 a0 = dot64(p0[u], xv, a0);
                 a1 = dot64(p1[u], xv, a1);
+            }
+        }
+        j0 += 32 * GEMV_UNROLL;
+        if (j0 >= kw) break;
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            int j = j0 + 32 * u;
+            if (j < kw) {
+                p0[u] = ld_stream(w0 + j);
+                p1[u] = ld_stream(w1 + j);
             }
         }
     }
@@ -107,6 +122,128 @@ tern_gemv(const uint4* __restrict__ W, const i8* __restrict__ xq,
             out[r1] = out[r1] + v1;
         } else {
             out[r1] = v1;
+        }
+    }
+}
+
+// Matrix-vector product with the RMSNorm→int8 of its f32 input fused in front (decode):
+// every block first quantizes the whole input row into shared memory, exactly as
+// `rmsnorm_quant` does (f64 sum of squares, y = g·(x·r), a = 127 / max(|y|max, 1e-5),
+// q = clamp(rint(y·a))), then its warps take pairs of rows with a grid stride. One launch
+// instead of two, and the int8 row never goes through global memory. The first pair's
+// weights are loaded before PDL_WAIT. Dynamic shared memory: kw·64 bytes of codes, then
+// K floats.
+extern "C" __global__ void __launch_bounds__(256)
+tern_gemv_norm(const uint4* __restrict__ W, const float* __restrict__ x,
+               const float* __restrict__ nw, int K, float eps, const float* __restrict__ rs,
+               const float* __restrict__ bias, float* __restrict__ out, int N, int kw,
+               int mode) {
+    extern __shared__ __align__(16) unsigned char smraw[];
+    __shared__ double shd[32];
+    __shared__ float shf[32];
+    __shared__ int shi[32];
+    i8* qsm = (i8*)smraw;
+    float* xsm = (float*)(smraw + (size_t)kw * 64);
+    int tid = threadIdx.x, lane = tid & 31, bd = blockDim.x, nwarps = bd >> 5;
+    int pairs = (N + 1) >> 1;
+    int pair = blockIdx.x * nwarps + (tid >> 5);
+    int stride = gridDim.x * nwarps;
+    uint4 p0[GEMV_UNROLL], p1[GEMV_UNROLL];
+    {
+        int r0 = 2 * pair, r1 = min(r0 + 1, N - 1);
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            int j = lane + 32 * u;
+            if (pair < pairs && j < kw) {
+                p0[u] = ld_stream(W + (size_t)r0 * kw + j);
+                p1[u] = ld_stream(W + (size_t)r1 * kw + j);
+            } else {
+                p0[u] = make_uint4(0, 0, 0, 0);
+                p1[u] = make_uint4(0, 0, 0, 0);
+            }
+        }
+    }
+    PDL_WAIT();
+    PDL_LAUNCH();
+    double ss = 0.0;
+    for (int k = tid; k < K; k += bd) {
+        float v = x[k];
+        xsm[k] = v;
+        double dv = (double)v;
+        ss += dv * dv;
+    }
+    ss = block_sum_d(ss, shd);
+    float var = (float)(ss / (double)K);
+    float r = 1.0f / sqrtf(var + eps);
+    float am = 0.0f;
+    for (int k = tid; k < K; k += bd) {
+        float y = nw[k] * (xsm[k] * r);
+        xsm[k] = y;
+        am = fmaxf(am, fabsf(y));
+    }
+    am = block_max(am, shf);
+    float a = 127.0f / fmaxf(am, 1e-5f);
+    int qsum = 0;
+    for (int k = tid; k < K; k += bd) {
+        float v = rintf(xsm[k] * a);
+        v = fminf(fmaxf(v, -128.0f), 127.0f);
+        int qi = (int)v;
+        qsm[k] = (i8)qi;
+        qsum += qi;
+    }
+    for (int k = K + tid; k < kw * 64; k += bd) qsm[k] = 0;
+    qsum = block_sum_i(qsum, shi);  // its barriers also publish qsm
+    float f = 1.0f / a;
+    const int4* x4 = (const int4*)qsm;
+    bool first = true;
+    for (; pair < pairs; pair += stride) {
+        int r0 = 2 * pair, r1 = min(r0 + 1, N - 1);
+        const uint4* w0 = W + (size_t)r0 * kw;
+        const uint4* w1 = W + (size_t)r1 * kw;
+        int a0 = 0, a1 = 0;
+        for (int j0 = lane;;) {
+            if (!first) {
+#pragma unroll
+                for (int u = 0; u < GEMV_UNROLL; u++) {
+                    int j = j0 + 32 * u;
+                    if (j < kw) {
+                        p0[u] = ld_stream(w0 + j);
+                        p1[u] = ld_stream(w1 + j);
+                    }
+                }
+            }
+            first = false;
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                int j = j0 + 32 * u;
+                if (j < kw) {
+                    int4 xv[4];
+                    xv[0] = x4[4 * j];
+                    xv[1] = x4[4 * j + 1];
+                    xv[2] = x4[4 * j + 2];
+                    xv[3] = x4[4 * j + 3];
+                    a0 = dot64(p0[u], xv, a0);
+                    a1 = dot64(p1[u], xv, a1);
+                }
+            }
+            j0 += 32 * GEMV_UNROLL;
+            if (j0 >= kw) break;
+        }
+        a0 = warp_sum_i(a0);
+        a1 = warp_sum_i(a1);
+        if (lane == 0) {
+            float v0 = tern_value(a0, qsum, rs[r0], f, bias, r0);
+            if (mode == EPI_RELU2) {
+                float v1 = tern_value(a1, qsum, rs[r1], f, bias, r1);
+                float rr = fmaxf(v0, 0.0f);
+                out[r0 >> 1] = rr * rr * v1;
+            } else {
+                out[r0] = mode == EPI_ADD ? out[r0] + v0 : v0;
+                if (r1 != r0) {
+                    float v1 = tern_value(a1, qsum, rs[r1], f, bias, r1);
+                    out[r1] = mode == EPI_ADD ? out[r1] + v1 : v1;
+                }
+            }
         }
     }
 }
@@ -161,6 +298,8 @@ tern_gemm(const uint4* __restrict__ W, const i8* __restrict__ xq,
           float* __restrict__ out, int M, int N, int kw, int mode) {
     __shared__ __align__(16) u8 As[GM_BM * GM_LD];
     __shared__ __align__(16) u8 Bs[GM_BN * GM_LD];
+    PDL_WAIT();
+    PDL_LAUNCH();
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     int wm = warp >> 2, wn = warp & 3;
     int g = lane >> 2, t = lane & 3;
