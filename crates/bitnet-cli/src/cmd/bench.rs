@@ -212,12 +212,20 @@ pub fn run(a: BenchArgs) -> CliResult {
                 r.test, r.threads, r.mean, r.sd
             );
         }
-        println!(
-            "peak RSS {:.1} MiB; minimum (weights + KV cache + scratch) {:.1} MiB; ratio {:.3}",
-            peak as f64 / (1 << 20) as f64,
-            min_bytes as f64 / (1 << 20) as f64,
-            peak as f64 / min_bytes.max(1) as f64
-        );
+        if max_runtime == 0 {
+            // The KV cache and scratch live on the GPU: a host minimum means nothing here.
+            println!(
+                "peak host RSS {:.1} MiB (KV cache and scratch are on the GPU)",
+                peak as f64 / (1 << 20) as f64
+            );
+        } else {
+            println!(
+                "peak RSS {:.1} MiB; minimum (weights + KV cache + scratch) {:.1} MiB; ratio {:.3}",
+                peak as f64 / (1 << 20) as f64,
+                min_bytes as f64 / (1 << 20) as f64,
+                peak as f64 / min_bytes.max(1) as f64
+            );
+        }
     }
     Ok(())
 }
