@@ -16,6 +16,7 @@ use bitnet_core::nn::rope::{Rope, RopeStyle};
 use bitnet_core::quant::dense::DenseMatrix;
 
 use crate::kv_cache::KvCache;
+use crate::names::Slot;
 use crate::{Error, Result};
 
 /// Hyper-parameters.
@@ -97,6 +98,31 @@ pub struct Layer {
     pub up: BitLinear,
     pub down: BitLinear,
     pub ffn_sub_norm: Vec<f32>,
+}
+
+impl Layer {
+    /// Assemble block `i` from a file: `vector(slot, i, len)` reads a norm, `proj(slot, i,
+    /// rows, cols)` a projection; both loaders (GGUF, Hugging Face) share this shape table.
+    pub fn load(
+        c: &Config,
+        i: usize,
+        vector: &dyn Fn(Slot, usize, usize) -> Result<Vec<f32>>,
+        proj: &dyn Fn(Slot, usize, usize, usize) -> Result<BitLinear>,
+    ) -> Result<Layer> {
+        Ok(Layer {
+            attn_norm: vector(Slot::AttnNorm, i, c.hidden)?,
+            q: proj(Slot::Q, i, c.q_dim(), c.hidden)?,
+            k: proj(Slot::K, i, c.kv_dim(), c.hidden)?,
+            v: proj(Slot::V, i, c.kv_dim(), c.hidden)?,
+            o: proj(Slot::O, i, c.hidden, c.q_dim())?,
+            attn_sub_norm: vector(Slot::AttnSubNorm, i, c.q_dim())?,
+            ffn_norm: vector(Slot::FfnNorm, i, c.hidden)?,
+            gate: proj(Slot::Gate, i, c.intermediate, c.hidden)?,
+            up: proj(Slot::Up, i, c.intermediate, c.hidden)?,
+            down: proj(Slot::Down, i, c.hidden, c.intermediate)?,
+            ffn_sub_norm: vector(Slot::FfnSubNorm, i, c.intermediate)?,
+        })
+    }
 }
 
 /// The whole model. Ternary weights stay packed (possibly memory-mapped).

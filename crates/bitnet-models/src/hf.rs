@@ -356,22 +356,9 @@ pub fn load(dir: &Path, opts: LoadOptions) -> Result<Model> {
         Ok(BitLinear { weight, bias: None })
     };
 
-    let mut layers = Vec::with_capacity(c.n_layers);
-    for i in 0..c.n_layers {
-        layers.push(Layer {
-            attn_norm: vector(Slot::AttnNorm, i, c.hidden)?,
-            q: proj(Slot::Q, i, c.q_dim(), c.hidden)?,
-            k: proj(Slot::K, i, c.kv_dim(), c.hidden)?,
-            v: proj(Slot::V, i, c.kv_dim(), c.hidden)?,
-            o: proj(Slot::O, i, c.hidden, c.q_dim())?,
-            attn_sub_norm: vector(Slot::AttnSubNorm, i, c.q_dim())?,
-            ffn_norm: vector(Slot::FfnNorm, i, c.hidden)?,
-            gate: proj(Slot::Gate, i, c.intermediate, c.hidden)?,
-            up: proj(Slot::Up, i, c.intermediate, c.hidden)?,
-            down: proj(Slot::Down, i, c.hidden, c.intermediate)?,
-            ffn_sub_norm: vector(Slot::FfnSubNorm, i, c.intermediate)?,
-        });
-    }
+    let layers = (0..c.n_layers)
+        .map(|i| Layer::load(c, i, &vector, &proj))
+        .collect::<Result<Vec<_>>>()?;
     let norm = vector(Slot::OutputNorm, 0, c.hidden)?;
     Model::new(config, embed, lm_head, layers, norm, RopeStyle::Neox, dir)
 }
