@@ -283,9 +283,11 @@ fn greedy_continuations_match_where_the_margin_is_clear() {
         let g = s
             .generate(&p.ids, 32, &mut sampler, &|_| false, &mut |_| true)
             .unwrap();
-        // Up to the first step whose reference margin is below 0.02 (3× the worst int8
-        // flip we measured), every token must agree.
-        let clear = p.margins.iter().position(|&m| m < 0.02).unwrap_or(32);
+        // Up to the first step whose reference margin is below 2e-3, every token must agree:
+        // on this path the teacher-forced logits are within 1.3e-6 of the reference at every
+        // position (test above), so such a margin is > 1000× the observed error. The
+        // fixture's smallest margins (2.4e-3, 9.8e-3, 5.7e-3) are above it: all 32 steps count.
+        let clear = p.margins.iter().position(|&m| m < 2e-3).unwrap_or(32);
         assert_eq!(
             g.ids[..clear],
             p.greedy_ids[..clear],
