@@ -124,41 +124,103 @@ pub fn causal_attention<T: KvElem>(
             T::load_row(k, kf);
             T::load_row(v, vf);
             scores.resize(n_keys, 0.0);
-            for i in i0..i1 {
-                let n = pos0 + i + 1;
-                for h in kvh * group..(kvh + 1) * group {
-                    let qh = &q[i * qdim + h * hd..i * qdim + (h + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for (p, sc) in scores[..n].iter_mut().enumerate() {
-                        *sc = dot(qh, &kf[p * hd..(p + 1) * hd]) * scale;
-                        max = max.max(*sc);
-                    }
-                    let mut sum = 0.0f32;
-                    for sc in &mut scores[..n] {
-                        *sc = (*sc - max).exp();
-                        sum += *sc;
-                    }
-                    let inv = 1.0 / sum;
-                    // SAFETY: row (i, h) lies inside `out` (checked lengths above) and
-                    // belongs to this task alone.
-                    let o = unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.0.add(i * qdim + h * hd), hd)
-                    };
-                    o.fill(0.0);
-                    for (p, &w) in scores[..n].iter().enumerate() {
-                        let w = w * inv;
-                        for (oj, &vj) in o.iter_mut().zip(&vf[p * hd..(p + 1) * hd]) {
-                            *oj += w * vj;
-                        }
-                    }
-                }
+            let b = Block {
+                q,
+                kf,
+                vf,
+                out: out_ptr,
+                i0,
+                i1,
+                pos0,
+                kvh,
+                group,
+                qdim,
+                hd,
+                scale,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 is available (checked just above).
+                unsafe { attend_block_avx2(&b, scores) };
+                return;
             }
+            attend_block(&b, scores);
         },
     );
     Ok(())
 }
 
-#[inline]
+/// One task's work: queries `i0..i1` of every head of KV head `kvh`, over keys and values
+/// already converted to f32.
+struct Block<'a> {
+    q: &'a [f32],
+    kf: &'a [f32],
+    vf: &'a [f32],
+    out: &'a OutPtr,
+    i0: usize,
+    i1: usize,
+    pos0: usize,
+    kvh: usize,
+    group: usize,
+    qdim: usize,
+    hd: usize,
+    scale: f32,
+}
+
+/// [`attend_block`] compiled for AVX2: the same operations in the same order (no FMA), so
+/// results are bit-identical to the portable build, with 8-wide vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_block_avx2(b: &Block<'_>, scores: &mut [f32]) {
+    attend_block(b, scores)
+}
+
+#[inline(always)]
+fn attend_block(b: &Block<'_>, scores: &mut [f32]) {
+    let Block {
+        q,
+        kf,
+        vf,
+        i0,
+        i1,
+        pos0,
+        kvh,
+        group,
+        qdim,
+        hd,
+        scale,
+        ..
+    } = *b;
+    for i in i0..i1 {
+        let n = pos0 + i + 1;
+        for h in kvh * group..(kvh + 1) * group {
+            let qh = &q[i * qdim + h * hd..i * qdim + (h + 1) * hd];
+            let mut max = f32::NEG_INFINITY;
+            for (p, sc) in scores[..n].iter_mut().enumerate() {
+                *sc = dot(qh, &kf[p * hd..(p + 1) * hd]) * scale;
+                max = max.max(*sc);
+            }
+            let mut sum = 0.0f32;
+            for sc in &mut scores[..n] {
+                *sc = (*sc - max).exp();
+                sum += *sc;
+            }
+            let inv = 1.0 / sum;
+            // SAFETY: row (i, h) lies inside `out` (checked lengths above) and
+            // belongs to this task alone.
+            let o = unsafe { std::slice::from_raw_parts_mut(b.out.0.add(i * qdim + h * hd), hd) };
+            o.fill(0.0);
+            for (p, &w) in scores[..n].iter().enumerate() {
+                let w = w * inv;
+                for (oj, &vj) in o.iter_mut().zip(&vf[p * hd..(p + 1) * hd]) {
+                    *oj += w * vj;
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight independent partial sums let the compiler vectorise without -ffast-math.
     let mut acc = [0.0f32; 8];
