@@ -42,29 +42,26 @@ pub struct BlockQ6K {
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == BLOCK_BYTES);
 
 const FMT: &str = "Q6_K";
+const BLOCKS: super::Blocks = super::Blocks {
+    name: FMT,
+    block: QK_K,
+    bytes: BLOCK_BYTES,
+};
 const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Number of weights of a `rows × cols` tensor, checked (`cols % 256 == 0`, no overflow).
 pub fn check_shape(rows: usize, cols: usize) -> Result<usize> {
-    if !cols.is_multiple_of(QK_K) {
-        return Err(Error::format(
-            FMT,
-            format!("row length {cols} is not a multiple of {QK_K}"),
-        ));
-    }
-    rows.checked_mul(cols)
-        .filter(|n| n / QK_K <= usize::MAX / BLOCK_BYTES)
-        .ok_or_else(|| Error::format(FMT, format!("{rows}x{cols} overflows")))
+    BLOCKS.check_shape(rows, cols)
 }
 
 /// Bytes of one row of `cols` weights.
 pub fn row_bytes(cols: usize) -> usize {
-    cols / QK_K * BLOCK_BYTES
+    BLOCKS.size_of(cols)
 }
 
 /// Bytes of a `rows × cols` tensor.
 pub fn tensor_bytes(rows: usize, cols: usize) -> Result<usize> {
-    Ok(check_shape(rows, cols)? / QK_K * BLOCK_BYTES)
+    Ok(BLOCKS.size_of(check_shape(rows, cols)?))
 }
 
 #[inline]
@@ -218,13 +215,8 @@ pub fn quantize_row(x: &[f32], out: &mut [u8]) -> Result<()> {
 /// Quantize a row-major `rows × cols` tensor.
 pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Result<Vec<u8>> {
     let n = check_shape(rows, cols)?;
-    if x.len() != n {
-        return Err(Error::format(
-            FMT,
-            format!("expected {n} values, got {}", x.len()),
-        ));
-    }
-    let mut out = vec![0u8; n / QK_K * BLOCK_BYTES];
+    BLOCKS.check_values(x, n)?;
+    let mut out = vec![0u8; BLOCKS.size_of(n)];
     quantize_row(x, &mut out)?;
     Ok(out)
 }

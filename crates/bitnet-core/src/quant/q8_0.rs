@@ -29,28 +29,25 @@ pub struct BlockQ8_0 {
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == BLOCK_BYTES);
 
 const FMT: &str = "Q8_0";
+const BLOCKS: super::Blocks = super::Blocks {
+    name: FMT,
+    block: QK,
+    bytes: BLOCK_BYTES,
+};
 
 /// Number of weights of a `rows × cols` tensor, checked (`cols % 32 == 0`, no overflow).
 pub fn check_shape(rows: usize, cols: usize) -> Result<usize> {
-    if !cols.is_multiple_of(QK) {
-        return Err(Error::format(
-            FMT,
-            format!("row length {cols} is not a multiple of {QK}"),
-        ));
-    }
-    rows.checked_mul(cols)
-        .filter(|n| n / QK <= usize::MAX / BLOCK_BYTES)
-        .ok_or_else(|| Error::format(FMT, format!("{rows}x{cols} overflows")))
+    BLOCKS.check_shape(rows, cols)
 }
 
 /// Bytes of one row of `cols` weights.
 pub fn row_bytes(cols: usize) -> usize {
-    cols / QK * BLOCK_BYTES
+    BLOCKS.size_of(cols)
 }
 
 /// Bytes of a `rows × cols` tensor.
 pub fn tensor_bytes(rows: usize, cols: usize) -> Result<usize> {
-    Ok(check_shape(rows, cols)? / QK * BLOCK_BYTES)
+    Ok(BLOCKS.size_of(check_shape(rows, cols)?))
 }
 
 /// `quantize_row_q8_0_ref` on `x` (a multiple of 32 values) into `out`.
@@ -77,13 +74,8 @@ pub fn quantize_row(x: &[f32], out: &mut [u8]) -> Result<()> {
 /// Quantize a row-major `rows × cols` tensor.
 pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Result<Vec<u8>> {
     let n = check_shape(rows, cols)?;
-    if x.len() != n {
-        return Err(Error::format(
-            FMT,
-            format!("expected {n} values, got {}", x.len()),
-        ));
-    }
-    let mut out = vec![0u8; n / QK * BLOCK_BYTES];
+    BLOCKS.check_values(x, n)?;
+    let mut out = vec![0u8; BLOCKS.size_of(n)];
     quantize_row(x, &mut out)?;
     Ok(out)
 }

@@ -33,6 +33,11 @@ pub struct BlockTq2_0 {
 const _: () = assert!(std::mem::size_of::<BlockTq2_0>() == BLOCK_BYTES);
 
 const FMT: &str = "TQ2_0";
+const BLOCKS: super::Blocks = super::Blocks {
+    name: FMT,
+    block: QK_K,
+    bytes: BLOCK_BYTES,
+};
 
 impl BlockTq2_0 {
     /// Read a block from its 66 little-endian bytes.
@@ -56,31 +61,16 @@ impl BlockTq2_0 {
 
 /// Number of weights of a `rows × cols` tensor, checked (`cols % 256 == 0`, no overflow).
 pub fn check_shape(rows: usize, cols: usize) -> Result<usize> {
-    if !cols.is_multiple_of(QK_K) {
-        return Err(Error::format(
-            FMT,
-            format!("row length {cols} is not a multiple of {QK_K}"),
-        ));
-    }
-    rows.checked_mul(cols)
-        .filter(|n| n / QK_K <= usize::MAX / BLOCK_BYTES)
-        .ok_or_else(|| Error::format(FMT, format!("{rows}x{cols} overflows")))
+    BLOCKS.check_shape(rows, cols)
 }
 
 /// Bytes of a `rows × cols` tensor (`cols` a multiple of 256).
 pub fn tensor_bytes(rows: usize, cols: usize) -> Result<usize> {
-    Ok(check_shape(rows, cols)? / QK_K * BLOCK_BYTES)
+    Ok(BLOCKS.size_of(check_shape(rows, cols)?))
 }
 
 fn check_len(bytes: &[u8], n: usize) -> Result<()> {
-    let need = n / QK_K * BLOCK_BYTES;
-    if bytes.len() < need {
-        return Err(Error::format(
-            FMT,
-            format!("need {need} bytes for {n} weights, got {}", bytes.len()),
-        ));
-    }
-    Ok(())
+    BLOCKS.check_len(bytes, n)
 }
 
 /// `quantize_row_tq2_0_ref`: quantize `x` (a multiple of 256 values) into `out`
@@ -114,13 +104,8 @@ pub fn quantize_row(x: &[f32], out: &mut [u8]) -> Result<()> {
 /// Quantize a row-major `rows × cols` f32 tensor.
 pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Result<Vec<u8>> {
     let n = check_shape(rows, cols)?;
-    if x.len() != n {
-        return Err(Error::format(
-            FMT,
-            format!("expected {n} values, got {}", x.len()),
-        ));
-    }
-    let mut out = vec![0u8; n / QK_K * BLOCK_BYTES];
+    BLOCKS.check_values(x, n)?;
+    let mut out = vec![0u8; BLOCKS.size_of(n)];
     quantize_row(x, &mut out)?;
     Ok(out)
 }
