@@ -4,9 +4,10 @@
 //!     baseline measured in the same run: the same number of bytes, read the same way
 //!     (rayon tasks of 64 rows' worth of bytes, cycling over distinct buffers totalling
 //!     more than 64 MiB so that neither the baseline nor the kernels run from cache).
-//! (b) gemm with m = 128 in int8 ops per second (2·m·N·K per call) per path, next to an
-//!     f32 GEMM on pre-dequantized weights (rayon over 64-row tiles, 2 × 4 register-blocked
-//!     AVX2+FMA dot-product kernel; dequantization not timed).
+//! (b) gemm with m = 128 in int8 ops per second (2·m·N·K per call) per available path
+//!     (scalar, AVX2, AVX-512 VNNI, AMX), next to an f32 GEMM on pre-dequantized weights
+//!     (rayon over 64-row tiles, 2 × 4 register-blocked AVX2+FMA dot-product kernel;
+//!     dequantization not timed).
 //!
 //! `cargo bench -p bitnet-core --bench kernels` runs everything (about 2 minutes);
 //! `BITNET_BENCH_QUICK=1` runs only the 2560×2560 shape. A summary table with the
@@ -157,7 +158,8 @@ fn bench_gemv(c: &mut Criterion) {
             });
             for (layout, mats) in &sets {
                 g.throughput(Throughput::Bytes(mats[0].nbytes() as u64));
-                for p in paths() {
+                // AMX's gemv is another path's kernel (`gemv_path`): not measured twice.
+                for p in paths().into_iter().filter(|p| p.gemv_path() == *p) {
                     let mut out = vec![0i32; n];
                     let mut it = 0usize;
                     g.bench_function(format!("{}_{}", layout.name(), p.name()), |b| {
@@ -314,30 +316,40 @@ fn summary() {
             );
         }
     }
-    println!("\ngemm m={GEMM_M}: Gop/s (2·m·N·K per call)");
-    println!("| N×K | threads | f32 baseline | I2S avx2 | T1 avx2 | I2S scalar | I2S avx2 / f32 |");
+    println!("\ngemm m={GEMM_M}: Gop/s (2·m·N·K per call); – = path unavailable (or not run)");
+    println!(
+        "| N×K | threads | f32 baseline | I2S scalar | I2S avx2 | T1 avx2 | I2S avx512 | T1 avx512 \
+         | I2S amx | T1 amx | I2S avx2 / f32 | I2S amx / f32 |"
+    );
     for &(n, k) in shapes() {
         let ops = (2 * GEMM_M * n * k) as f64;
         for t in THREADS {
             let g = format!("gemm{GEMM_M}_{n}x{k}_t{t}");
             let f = |id: &str| mean_ns(&g, id).map(|ns| ops / ns);
             let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
-            let (fb, a, b, s) = (
-                f("f32_baseline"),
-                f("i2s_avx2"),
-                f("t1_avx2"),
-                f("i2s_scalar"),
-            );
-            let ratio = match (a, fb) {
-                (Some(a), Some(fb)) => format!("{:.1}×", a / fb),
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) => format!("{:.1}×", a / b),
                 _ => "–".into(),
             };
+            let fb = f("f32_baseline");
+            let cells: Vec<String> = [
+                "i2s_scalar",
+                "i2s_avx2",
+                "t1_avx2",
+                "i2s_avx512",
+                "t1_avx512",
+                "i2s_amx",
+                "t1_amx",
+            ]
+            .into_iter()
+            .map(|id| fmt(f(id)))
+            .collect();
             println!(
-                "| {n}×{k} | {t} | {} | {} | {} | {} | {ratio} |",
+                "| {n}×{k} | {t} | {} | {} | {} | {} |",
                 fmt(fb),
-                fmt(a),
-                fmt(b),
-                fmt(s)
+                cells.join(" | "),
+                ratio(f("i2s_avx2"), fb),
+                ratio(f("i2s_amx"), fb)
             );
         }
     }

@@ -13,10 +13,14 @@ use std::sync::Mutex;
 
 const LAYOUTS: [TernaryLayout; 2] = [TernaryLayout::I2S, TernaryLayout::T1];
 
-/// The SIMD paths to compare with the scalar reference; unavailable ones are reported.
+/// The SIMD paths (every path but the scalar one: AVX2, AVX-512 VNNI, AMX) to compare with
+/// the scalar reference; unavailable ones are reported.
 fn simd_paths(test: &'static str) -> Vec<KernelPath> {
     let mut v = Vec::new();
-    for p in [KernelPath::Avx2, KernelPath::Avx512Vnni] {
+    for p in KernelPath::ALL {
+        if p == KernelPath::Scalar {
+            continue;
+        }
         if p.is_available() {
             v.push(p);
         } else {
@@ -156,6 +160,31 @@ fn extremes_do_not_overflow() {
             .collect();
         check_all_paths(&q, n, k, &x, 5, &paths);
     }
+    // Two full tiles in each direction and a partial third (AMX: 16 × 16 tiles in 2 × 2
+    // blocks) at the largest K, every product at its extreme.
+    let (n, m, k) = (33usize, 33usize, 6912usize);
+    for (xv, qv) in [(-128i8, -1i8), (-128, 1), (127, -1)] {
+        check_all_paths(&vec![qv; n * k], n, k, &vec![xv; m * k], m, &paths);
+    }
+}
+
+#[test]
+fn odd_shapes_around_tile_edges_match_reference() {
+    // Rows, tokens and K just below, at and above the AMX tile edges (16 rows or tokens,
+    // 2 × 2 tile blocks of 32, 64-wide K tiles) and the 128/160-weight blocks.
+    let paths = simd_paths("odd_shapes_around_tile_edges_match_reference");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for n in [1usize, 15, 16, 17, 31, 32, 33, 40] {
+        for m in [1usize, 2, 15, 16, 17, 32, 33, 40] {
+            for k in [
+                1usize, 4, 63, 64, 65, 127, 129, 160, 161, 191, 193, 320, 699,
+            ] {
+                let q: Vec<i8> = (0..n * k).map(|_| rng.random_range(-1i8..=1)).collect();
+                let x: Vec<i8> = (0..m * k).map(|_| rng.random()).collect();
+                check_all_paths(&q, n, k, &x, m, &paths);
+            }
+        }
+    }
 }
 
 #[test]
@@ -163,15 +192,17 @@ fn big_shapes_multithreaded_match_reference() {
     // Rows above the 64-row task size and m above the 4-row tile, on 1..3 threads.
     let paths = simd_paths("big_shapes_multithreaded_match_reference");
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let (n, k, m) = (261usize, 2560usize, 11usize);
+    let (n, k) = (261usize, 2560usize);
     let q: Vec<i8> = (0..n * k).map(|_| rng.random_range(-1i8..=1)).collect();
-    let x: Vec<i8> = (0..m * k).map(|_| rng.random()).collect();
-    for t in 1..=3 {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build()
-            .unwrap();
-        pool.install(|| check_all_paths(&q, n, k, &x, m, &paths));
+    for m in [11usize, 40] {
+        let x: Vec<i8> = (0..m * k).map(|_| rng.random()).collect();
+        for t in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap();
+            pool.install(|| check_all_paths(&q, n, k, &x, m, &paths));
+        }
     }
 }
 
@@ -271,8 +302,16 @@ fn path_selection() {
     let avail = cpu::available_paths();
     assert_eq!(avail[0], KernelPath::Scalar);
     assert!(avail.contains(&cpu::best_path()));
+    assert_eq!(KernelPath::from_name(" AMX "), Some(KernelPath::Amx));
     for p in KernelPath::ALL {
         assert_eq!(KernelPath::from_name(p.name()), Some(p));
+        // Only AMX lacks a gemv kernel; its gemv path is another one, available with it.
+        let g = p.gemv_path();
+        assert_eq!(g == p, p != KernelPath::Amx, "{p} runs gemv on {g}");
+        assert!(
+            !p.is_available() || g.is_available(),
+            "{p} runs gemv on {g}"
+        );
         if p.is_available() {
             let w = TernaryMatrix::from_trits(&[1i8; 6], 2, 3, 1.0, TernaryLayout::T1).unwrap();
             let mut out = [0i32; 2];

@@ -35,7 +35,7 @@ fn hsum(v: __m256i) -> i32 {
 /// plus masks and shifts (five instructions instead of two adds).
 #[target_feature(enable = "avx2")]
 #[inline]
-fn opaque(mut v: __m256i) -> __m256i {
+pub(super) fn opaque(mut v: __m256i) -> __m256i {
     // SAFETY: an empty asm block that only claims to modify `v` in a register.
     unsafe { std::arch::asm!("/* {0} */", inout(ymm_reg) v, options(pure, nomem, nostack)) };
     v

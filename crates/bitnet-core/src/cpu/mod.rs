@@ -6,8 +6,12 @@
 //!
 //! Path selection, in order of precedence:
 //! 1. a programmatic override, [`set_forced_path`];
-//! 2. the `BITNET_KERNEL` environment variable (`scalar`, `avx2`, `avx512`), read once;
+//! 2. the `BITNET_KERNEL` environment variable (`scalar`, `avx2`, `avx512`, `amx`), read
+//!    once;
 //! 3. [`best_path`], the fastest path this CPU supports.
+//!
+//! The AMX path has a gemm kernel only: its gemv (m = 1, also a gemm of one row) runs on
+//! [`KernelPath::gemv_path`], the AVX-512 VNNI kernels where available, else AVX2.
 //!
 //! A forced path that this CPU lacks is an error ([`Error::KernelUnavailable`]) at the
 //! first kernel call, never a silent fallback: a benchmark that asked for AVX-512 must not
@@ -21,6 +25,8 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::quant::ternary::TernaryLayout;
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -48,14 +54,19 @@ pub enum KernelPath {
     Avx2,
     /// AVX-512 VNNI (`vpdpbusd`), Ice Lake / Zen 4 and later.
     Avx512Vnni,
-    // No AMX path: an AMX-INT8 gemm (tile config via `ldtilecfg`, `tdpbusd` through inline
-    // asm, the arch_prctl permission syscall) was not written yet, and a path that is never
-    // available would only pretend to exist.
+    /// AMX-INT8 tiles (`tdpbusd`), Sapphire Rapids and later, on Linux 5.16+: gemm only;
+    /// gemv runs on [`gemv_path`](Self::gemv_path).
+    Amx,
 }
 
 impl KernelPath {
     /// Every path, slowest first.
-    pub const ALL: [KernelPath; 3] = [KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512Vnni];
+    pub const ALL: [KernelPath; 4] = [
+        KernelPath::Scalar,
+        KernelPath::Avx2,
+        KernelPath::Avx512Vnni,
+        KernelPath::Amx,
+    ];
 
     /// The name used by `BITNET_KERNEL` and in benchmark labels.
     pub fn name(self) -> &'static str {
@@ -63,6 +74,7 @@ impl KernelPath {
             KernelPath::Scalar => "scalar",
             KernelPath::Avx2 => "avx2",
             KernelPath::Avx512Vnni => "avx512",
+            KernelPath::Amx => "amx",
         }
     }
 
@@ -80,6 +92,18 @@ impl KernelPath {
             KernelPath::Scalar => true,
             KernelPath::Avx2 => has_avx2(),
             KernelPath::Avx512Vnni => has_avx512vnni(),
+            KernelPath::Amx => has_amx(),
+        }
+    }
+
+    /// The path whose kernels run a gemv (m = 1) when `self` is selected: `self`, except
+    /// for AMX, which has no gemv kernel (one token would use 1 of a tile's 16 columns, and
+    /// gemv is bound by memory bandwidth): AVX-512 VNNI where available, else AVX2.
+    pub fn gemv_path(self) -> KernelPath {
+        match self {
+            KernelPath::Amx if has_avx512vnni() => KernelPath::Avx512Vnni,
+            KernelPath::Amx => KernelPath::Avx2,
+            p => p,
         }
     }
 
@@ -117,6 +141,15 @@ fn has_avx512vnni() -> bool {
 }
 #[cfg(not(target_arch = "x86_64"))]
 fn has_avx512vnni() -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_amx() -> bool {
+    amx::is_available()
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn has_amx() -> bool {
     false
 }
 
@@ -177,7 +210,7 @@ pub fn active_path() -> Result<KernelPath> {
         None => Ok(best_path()),
         Some(Ok(p)) => p.check(),
         Some(Err(name)) => Err(Error::KernelUnavailable(format!(
-            "{name} (BITNET_KERNEL must be scalar, avx2 or avx512)"
+            "{name} (BITNET_KERNEL must be scalar, avx2, avx512 or amx)"
         ))),
     }
 }
@@ -311,6 +344,7 @@ pub(crate) fn gemm_multi(
     first.push(total);
     let mut buf = [0i8; MAX_BLOCK_WEIGHTS];
     let xr = XRow::new(if m == 1 { x } else { &x[..0] }, layout, &mut buf);
+    let acts = GemmActs::new(path, x, m, cols);
     let task = |t: usize| {
         let j = first.partition_point(|&f| f <= t) - 1;
         let w = &ws[j];
@@ -326,7 +360,7 @@ pub(crate) fn gemm_multi(
         } else {
             // SAFETY: as in `gemm`: columns n0..n0+nr of the m rows of output j.
             let o = unsafe { ptrs[j].add(n0) };
-            gemm_rows(path, layout, wr, rb, nr, cols, x, m, o, w.rows);
+            gemm_rows(path, layout, wr, rb, nr, &acts, o, w.rows);
         }
     };
     if total == 1 {
@@ -357,6 +391,7 @@ fn gemv_rows(
             // SAFETY: as above.
             unsafe { avx512::gemv_rows(layout, w, rb, x, out) }
         }
+        KernelPath::Amx => gemv_rows(path.gemv_path(), layout, w, rb, x, out),
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("only the scalar path exists on this architecture"),
     }
@@ -364,13 +399,17 @@ fn gemv_rows(
 
 /// `out[i*rows+n] = Σ_k q[n,k]·x[i*cols+k]` on `path`, multi-threaded over weight-row
 /// tiles (every task sees all `m` activation rows, so each weight block is decoded once per
-/// activation tile and the task's weights stay in L2).
+/// activation tile and the task's weights stay in L2). On AMX, m = 1 is a gemv.
 pub(crate) fn gemm(path: KernelPath, w: &PackedView<'_>, x: &[i8], m: usize, out: &mut [i32]) {
     debug_assert_eq!(x.len(), m * w.cols);
     debug_assert_eq!(out.len(), m * w.rows);
     if m == 0 || w.rows == 0 {
         return;
     }
+    if m == 1 && path == KernelPath::Amx {
+        return gemv(path, w, x, out);
+    }
+    let acts = GemmActs::new(path, x, m, w.cols);
     let ptr = OutPtr(out.as_mut_ptr());
     let rb = w.row_bytes;
     let ntasks = w.rows.div_ceil(ROWS_PER_TASK);
@@ -381,7 +420,7 @@ pub(crate) fn gemm(path: KernelPath, w: &PackedView<'_>, x: &[i8], m: usize, out
         // SAFETY: this task writes only columns n0..n0+nr of each of the m output rows,
         // all inside `out` (m × rows), and no other task writes those columns.
         let o = unsafe { ptr.add(n0) };
-        gemm_rows(path, w.layout, wr, rb, nr, w.cols, x, m, o, w.rows);
+        gemm_rows(path, w.layout, wr, rb, nr, &acts, o, w.rows);
     };
     if ntasks == 1 {
         task(0);
@@ -390,22 +429,45 @@ pub(crate) fn gemm(path: KernelPath, w: &PackedView<'_>, x: &[i8], m: usize, out
     }
 }
 
+/// The activations of one gemm call as its tasks see them.
+struct GemmActs<'a> {
+    /// `m × cols`, row-major.
+    x: &'a [i8],
+    m: usize,
+    cols: usize,
+    /// AMX with m > 1 only (m = 1 runs as a gemv): `x` repacked into tiles once per call,
+    /// shared by every task.
+    #[cfg(target_arch = "x86_64")]
+    amx: Option<amx::PackedActs>,
+}
+
+impl<'a> GemmActs<'a> {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    fn new(path: KernelPath, x: &'a [i8], m: usize, cols: usize) -> Self {
+        GemmActs {
+            x,
+            m,
+            cols,
+            #[cfg(target_arch = "x86_64")]
+            amx: (path == KernelPath::Amx && m > 1).then(|| amx::PackedActs::new(x, m, cols)),
+        }
+    }
+}
+
 /// One task of a gemm: weight rows `w` (nr rows) against all `m` activation rows; writes
 /// `out[i*ldo + r]` for i < m, r < nr.
-#[allow(clippy::too_many_arguments)]
 fn gemm_rows(
     path: KernelPath,
     layout: TernaryLayout,
     w: &[u8],
     rb: usize,
     nr: usize,
-    cols: usize,
-    x: &[i8],
-    m: usize,
+    acts: &GemmActs<'_>,
     out: *mut i32,
     ldo: usize,
 ) {
     let out = OutPtr(out);
+    let (x, m, cols) = (acts.x, acts.m, acts.cols);
     match path {
         KernelPath::Scalar => reference::gemm_rows(layout, w, rb, nr, cols, x, m, out, ldo),
         #[cfg(target_arch = "x86_64")]
@@ -417,6 +479,12 @@ fn gemm_rows(
         KernelPath::Avx512Vnni => {
             // SAFETY: as above.
             unsafe { avx512::gemm_rows(layout, w, rb, nr, cols, x, m, out, ldo) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Amx => {
+            let acts = acts.amx.as_ref().expect("GemmActs::new packs for AMX");
+            // SAFETY: as above.
+            unsafe { amx::gemm_rows(layout, w, rb, nr, acts, out, ldo) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("only the scalar path exists on this architecture"),

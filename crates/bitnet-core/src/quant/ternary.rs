@@ -305,7 +305,8 @@ impl TernaryMatrix {
         self.gemv_with(cpu::active_path()?, x, out)
     }
 
-    /// [`gemv`](Self::gemv) on an explicit path (errors if this CPU lacks it).
+    /// [`gemv`](Self::gemv) on an explicit path (errors if this CPU lacks it). AMX has no
+    /// gemv kernel: it runs the kernels of [`KernelPath::gemv_path`] (VNNI, else AVX2).
     pub fn gemv_with(&self, path: KernelPath, x: &[i8], out: &mut [i32]) -> Result<()> {
         let path = path.check()?;
         self.check_gemv(x, out)?;
