@@ -8,13 +8,14 @@
 use std::sync::Arc;
 
 use bitnet_core::cuda::attention::{attention, attention_decode, DecodeScratch};
-use bitnet_core::cuda::ops::{self, AttnDims, RopeTables};
-use bitnet_core::cuda::ternary::{matmul, matmul_norm, DevActs, DevTernary, Epilogue};
+use bitnet_core::cuda::ops::{self, AttnDims, DevHead, RopeTables};
+use bitnet_core::cuda::ternary::{matmul, DevActs, DevTernary, Epilogue};
 use bitnet_core::cuda::{CudaDevice, Stream};
 use bitnet_core::nn::attention::{causal_attention, AttnShape};
 use bitnet_core::nn::bitlinear::{BitLinear, QuantizedActs};
 use bitnet_core::nn::norm::{rmsnorm, rmsnorm_quantize};
 use bitnet_core::nn::rope::{Rope, RopeStyle};
+use bitnet_core::quant::dense::{DenseKind, DenseMatrix};
 use bitnet_core::quant::ternary::{TernaryLayout, TernaryMatrix};
 use half::f16;
 use rand::rngs::StdRng;
@@ -154,48 +155,6 @@ fn fused_gate_up_relu2_matches_cpu_exactly() {
         );
     }
     eprintln!("gate/up relu²·up fusion exact");
-}
-
-#[test]
-fn fused_norm_gemv_matches_norm_then_gemv_exactly() {
-    // rmsnorm→int8 fused into the matrix-vector product equals the two kernels in sequence
-    // (each checked against the CPU above and below) bit for bit, for every epilogue.
-    let Some((dev, s)) = device() else { return };
-    let mut rng = StdRng::seed_from_u64(0xF05E);
-    for &(n, k, epi, bias) in &[
-        (3840usize, 2560usize, Epilogue::Store, false),
-        (2560, 2560, Epilogue::Add, false),
-        (13824, 2560, Epilogue::Relu2, false),
-        (2560, 6912, Epilogue::Add, false),
-        (640, 2560, Epilogue::Store, true),
-        (250, 200, Epilogue::Store, true),
-        (3, 64, Epilogue::Add, false),
-        (40, 9000, Epilogue::Store, false),
-    ] {
-        let w = random_bitlinear(&mut rng, n, k, bias);
-        let dw = DevTernary::from_bitlinear(&dev, &s, &[&w], false).unwrap();
-        let x: Vec<f32> = (0..k).map(|_| rng.random_range(-4.0f32..4.0)).collect();
-        let g: Vec<f32> = (0..k).map(|_| rng.random_range(0.2f32..2.0)).collect();
-        let dx = dev.upload(&s, &x).unwrap();
-        let dg = dev.upload(&s, &g).unwrap();
-        let n_out = if epi == Epilogue::Relu2 { n / 2 } else { n };
-        let init: Vec<f32> = (0..n_out).map(|_| rng.random_range(-3.0f32..3.0)).collect();
-        let mut acts = DevActs::new(&dev, 1, k).unwrap();
-        ops::rmsnorm_quant(&dev, &s, &dx, 0, 1, k, &dg, 1e-5, &mut acts).unwrap();
-        let mut want = dev.upload(&s, &init).unwrap();
-        matmul(&dev, &s, &dw, &acts, 1, &mut want, epi, false).unwrap();
-        let mut got = dev.upload(&s, &init).unwrap();
-        if epi != Epilogue::Add {
-            got.fill_bytes(&s, 0xFF).unwrap();
-        }
-        matmul_norm(&dev, &s, &dw, &dx, &dg, 1e-5, &mut got, epi).unwrap();
-        assert_bits_eq(
-            &format!("norm+gemv {n}×{k} {epi:?}"),
-            &got.read(&s, n_out).unwrap(),
-            &want.read(&s, n_out).unwrap(),
-        );
-        eprintln!("norm+gemv {n}×{k} {epi:?}: exact");
-    }
 }
 
 #[test]
@@ -410,42 +369,53 @@ fn embedding_head_and_argmax_match_cpu() {
         .collect();
     assert_bits_eq("embedding rows", &gx, &want);
 
-    // LM head with f16 weights: reference in f64 over the same f16 values; ≤ 1e-5 relative.
-    let w16: Vec<u16> = table.iter().map(|&x| f16::from_f32(x).to_bits()).collect();
-    let dw = dev.upload(&s, &w16).unwrap();
-    for rows in [1usize, 11] {
-        let xs: Vec<f32> = (0..rows * h)
-            .map(|_| rng.random_range(-1.0f32..1.0))
-            .collect();
-        let dx = dev.upload(&s, &xs).unwrap();
-        let mut logits = dev.alloc::<f32>(rows * v).unwrap();
-        logits.fill_bytes(&s, 0xFF).unwrap();
-        let best = dev.alloc::<u64>(1).unwrap();
-        let mut bestm = best;
-        bestm.fill_bytes(&s, 0).unwrap();
-        let with_best = if rows == 1 { Some(&bestm) } else { None };
-        ops::head(&dev, &s, &dw, v, h, &dx, rows, &mut logits, with_best).unwrap();
-        let g = logits.read(&s, rows * v).unwrap();
-        let mut c = vec![0.0f32; rows * v];
-        for r in 0..rows {
-            for j in 0..v {
-                let mut acc = 0.0f64;
-                for k in 0..h {
-                    acc += f16::from_bits(w16[j * h + k]).to_f64() * xs[r * h + k] as f64;
+    // LM head, f16 (from f32 weights) and int8 + scales (from Q6_K and Q8_0 weights, exact):
+    // reference in f64 over the values the device holds; ≤ 1e-5 relative.
+    for kind in [DenseKind::F32, DenseKind::Q6K, DenseKind::Q8_0] {
+        let m = DenseMatrix::from_f32(&table, v, h, kind).unwrap();
+        let dw = DevHead::upload(&dev, &s, &m).unwrap();
+        let mut held = m.to_f32().unwrap();
+        if kind == DenseKind::F32 {
+            assert!(matches!(dw, DevHead::F16(_)));
+            held.iter_mut()
+                .for_each(|x| *x = f16::from_f32(*x).to_f32());
+        } else {
+            assert!(matches!(dw, DevHead::I8 { .. }));
+        }
+        for rows in [1usize, 11] {
+            let xs: Vec<f32> = (0..rows * h)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect();
+            let dx = dev.upload(&s, &xs).unwrap();
+            let mut logits = dev.alloc::<f32>(rows * v).unwrap();
+            logits.fill_bytes(&s, 0xFF).unwrap();
+            let best = dev.alloc::<u64>(1).unwrap();
+            let mut bestm = best;
+            bestm.fill_bytes(&s, 0).unwrap();
+            let with_best = if rows == 1 { Some(&bestm) } else { None };
+            ops::head(&dev, &s, &dw, v, h, &dx, rows, &mut logits, with_best).unwrap();
+            let g = logits.read(&s, rows * v).unwrap();
+            let mut c = vec![0.0f32; rows * v];
+            for r in 0..rows {
+                for j in 0..v {
+                    let mut acc = 0.0f64;
+                    for k in 0..h {
+                        acc += held[j * h + k] as f64 * xs[r * h + k] as f64;
+                    }
+                    c[r * v + j] = acc as f32;
                 }
-                c[r * v + j] = acc as f32;
             }
+            let e = rel_err(&g, &c);
+            assert!(e <= 1e-5, "{kind:?} head rel err {e}");
+            if rows == 1 {
+                let key = bestm.read(&s, 1).unwrap()[0];
+                let gi = ops::argmax_index(key).unwrap() as usize;
+                let gmax = g.iter().cloned().fold(f32::MIN, f32::max);
+                let first = g.iter().position(|&x| x == gmax).unwrap();
+                assert_eq!(gi, first, "fused arg-max vs the GPU logits");
+            }
+            eprintln!("LM head {} rows={rows}: rel err {e:.1e}", dw.describe());
         }
-        let e = rel_err(&g, &c);
-        assert!(e <= 1e-5, "head rel err {e}");
-        if rows == 1 {
-            let key = bestm.read(&s, 1).unwrap()[0];
-            let gi = ops::argmax_index(key).unwrap() as usize;
-            let gmax = g.iter().cloned().fold(f32::MIN, f32::max);
-            let first = g.iter().position(|&x| x == gmax).unwrap();
-            assert_eq!(gi, first, "fused arg-max vs the GPU logits");
-        }
-        eprintln!("LM head rows={rows}: rel err {e:.1e}");
     }
 
     // Stand-alone arg-max with planted ties: the smallest index wins, as the CPU sampler's.

@@ -27,12 +27,16 @@ fn all_kernels_compile_with_nvrtc() {
             "rope_kv",
             "embed_rows",
             "head_gemv",
+            "head_i8",
             "argmax_f32",
             "copy_u4",
             "attention",
             "attn_decode",
             "gpu_sleep",
-            "tern_gemv_norm",
+            "decode_layers_d1",
+            "decode_layers_d2",
+            "decode_layers_d4",
+            "decode_layers_d8",
         ] {
             assert!(
                 ptx.contains(&format!(".entry {name}(")),

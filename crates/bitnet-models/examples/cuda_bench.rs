@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use bitnet_core::cuda::ops;
-use bitnet_core::cuda::ternary::{matmul, matmul_norm, DevActs, DevTernary, Epilogue};
+use bitnet_core::cuda::ternary::{matmul, DevActs, DevTernary, Epilogue};
 use bitnet_core::cuda::{CudaDevice, Stream};
 use bitnet_core::quant::ternary::TernaryLayout;
 use bitnet_models::bitnet::{Config, Logits};
@@ -146,30 +146,6 @@ fn main() -> R<()> {
             wbytes as f64 / 1e6,
             100.0 * gbs / copy_gbs
         ));
-        // The same chain with the RMSNorm→int8 of an f32 input fused in (the decode path).
-        let xf: Vec<f32> = (0..k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.03)
-            .collect();
-        let dxf = dev.upload(&s, &xf)?;
-        let dg = dev.upload(&s, &vec![1.0f32; k])?;
-        let ms = time_graph(&s, 7, &mut || {
-            for _ in 0..rounds {
-                for w in &ws {
-                    matmul_norm(&dev, &s, w, &dxf, &dg, 1e-5, &mut out, Epilogue::Store)?;
-                }
-            }
-            Ok(())
-        })?;
-        let pf = ms * 1e3 / launches as f64;
-        let gf = bytes as f64 / (pf * 1e-6) / 1e9;
-        println!(
-            "norm+gemv {nr}×{k}: {pf:.2} µs/call, {gf:.0} GB/s = {:.0} % of copy",
-            100.0 * gf / copy_gbs
-        );
-        table.push(format!(
-            "| norm→int8 + GEMV {nr}×{k} (fused) | {pf:.2} µs, {gf:.0} GB/s | {:.0} % |",
-            100.0 * gf / copy_gbs
-        ));
         // The prefill product on 512 tokens of the same shape (tensor cores).
         if nr != 640 {
             let m = 512;
@@ -205,9 +181,10 @@ fn main() -> R<()> {
     let t0 = Instant::now();
     let mut gm = CudaModel::new(&model, 0)?;
     println!(
-        "uploaded in {:.1} s: {:.0} MB of ternary + f16 head weights",
+        "uploaded in {:.1} s: {:.0} MB of ternary + head weights (head: {})",
         t0.elapsed().as_secs_f64(),
-        gm.weight_bytes() as f64 / 1e6
+        gm.weight_bytes() as f64 / 1e6,
+        gm.head_format()
     );
     drop(model);
     let v = gm.config().vocab_size as u32;
@@ -229,14 +206,23 @@ fn main() -> R<()> {
     let n_dec = 128;
     let mut dec = Vec::new();
     let pdl_default = dev.pdl_enabled();
-    // (graph, programmatic dependent launch)
-    let variants: &[(bool, bool)] = if pdl_default {
-        &[(true, true), (true, false), (false, true)]
-    } else {
-        &[(true, false), (false, false)]
-    };
-    for &(graph, pdl) in variants {
+    // (persistent kernel blocks per SM (0 = separate kernels), graph, programmatic
+    // dependent launch)
+    let variants: &[(usize, bool, bool)] = &[
+        (1, true, pdl_default),
+        (2, true, pdl_default),
+        (1, false, pdl_default),
+        (0, true, pdl_default),
+        (0, true, false),
+        (0, false, pdl_default),
+    ];
+    for &(bps, graph, pdl) in variants {
         dev.set_pdl(pdl);
+        if bps > 0 {
+            gm.set_decode_blocks_per_sm(bps);
+        } else {
+            gm.set_persistent_decode(false);
+        }
         gm.set_use_graph(false);
         gm.set_use_graph(graph);
         gm.reset();
@@ -249,7 +235,8 @@ fn main() -> R<()> {
         let dt = t.elapsed().as_secs_f64();
         let tps = n_dec as f64 / dt;
         let label = format!(
-            "{}{}",
+            "{}, {}{}",
+            gm.decode_status(),
             if graph { "CUDA graph" } else { "eager" },
             if pdl { ", PDL" } else { "" }
         );
@@ -263,59 +250,14 @@ fn main() -> R<()> {
     dev.set_pdl(pdl_default);
     gm.set_use_graph(false);
     gm.set_use_graph(true);
-    {
-        // The fused norm→int8 + product variant (graph, default PDL).
-        gm.set_fused_norm(true);
-        gm.reset();
-        gm.forward(&prompt, Logits::Last)?;
-        let mut tok = gm.greedy_next(1)?;
-        let t = Instant::now();
-        for _ in 0..n_dec {
-            tok = gm.greedy_next(tok)?;
+    for bps in [0, 1] {
+        if bps == 0 {
+            gm.set_persistent_decode(false);
+        } else {
+            gm.set_decode_blocks_per_sm(bps);
         }
-        let dt = t.elapsed().as_secs_f64();
-        println!(
-            "decode {n_dec} tokens, norm fused into the products: {:.3} ms/token → {:.0} tok/s",
-            dt * 1e3 / n_dec as f64,
-            n_dec as f64 / dt
-        );
-        dec.push((
-            "CUDA graph, PDL, norm fused into GEMV".to_string(),
-            n_dec as f64 / dt,
-            dt * 1e3 / n_dec as f64,
-        ));
-        gm.set_fused_norm(false);
+        profile(&mut gm)?;
     }
-    // Per-kernel GPU time of one eager decode step (an event after every kernel; the
-    // step is queued in full before it runs). Median over 5 profiled steps per label.
-    let mut runs = Vec::new();
-    for _ in 0..6 {
-        runs.push(gm.profile_decode(1)?);
-    }
-    runs.remove(0);
-    println!("\n## per-kernel decode profile (eager, events between kernels; µs per token)\n");
-    println!("| kernel | launches | µs/token | µs/launch | share |");
-    println!("| --- | --- | --- | --- | --- |");
-    let total: f64 = {
-        let mut t: Vec<f64> = runs.iter().map(|r| r.iter().map(|e| e.2).sum()).collect();
-        t.sort_by(|a, b| a.total_cmp(b));
-        t[t.len() / 2]
-    };
-    for (i, (name, n, _)) in runs[0].iter().enumerate() {
-        let mut v: Vec<f64> = runs.iter().map(|r| r[i].2).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        let ms = v[v.len() / 2];
-        println!(
-            "| {name} | {n} | {:.1} | {:.2} | {:.1} % |",
-            ms * 1e3,
-            ms * 1e3 / *n as f64,
-            100.0 * ms / total
-        );
-    }
-    println!(
-        "| **total (eager, with events)** | | {:.1} | | |",
-        total * 1e3
-    );
     let bytes_tok = gm.weight_bytes() as f64;
     for (label, tps, ms) in &dec {
         table.push(format!(
@@ -335,5 +277,50 @@ fn main() -> R<()> {
     for l in &table {
         println!("{l}");
     }
+    Ok(())
+}
+
+/// Per-kernel GPU time of one eager decode step (an event after every kernel; the step is
+/// queued in full before it runs). Median over 5 profiled steps per label.
+fn profile(gm: &mut CudaModel) -> R<()> {
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        runs.push(gm.profile_decode(1)?);
+    }
+    runs.remove(0);
+    println!(
+        "\n## per-kernel decode profile ({}; eager, events between kernels; µs per token)\n",
+        gm.decode_status()
+    );
+    println!("| kernel | launches | µs/token | µs/launch | share |");
+    println!("| --- | --- | --- | --- | --- |");
+    let total: f64 = {
+        let mut t: Vec<f64> = runs
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .filter(|e| !e.0.starts_with("stage: "))
+                    .map(|e| e.2)
+                    .sum()
+            })
+            .collect();
+        t.sort_by(|a, b| a.total_cmp(b));
+        t[t.len() / 2]
+    };
+    for (i, (name, n, _)) in runs[0].iter().enumerate() {
+        let mut v: Vec<f64> = runs.iter().map(|r| r[i].2).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let ms = v[v.len() / 2];
+        println!(
+            "| {name} | {n} | {:.1} | {:.2} | {:.1} % |",
+            ms * 1e3,
+            ms * 1e3 / *n as f64,
+            100.0 * ms / total
+        );
+    }
+    println!(
+        "| **total (eager, with events)** | | {:.1} | | |",
+        total * 1e3
+    );
     Ok(())
 }

@@ -2,21 +2,26 @@
 //!
 //! [`CudaModel::new`] uploads the weights of a CPU [`Model`] once: q, k, v fused into one
 //! ternary matrix, gate and up interleaved row by row so that one product writes
-//! `relu(gate)²·up`, the embeddings as f32 (exact lookups) and the LM head as f16. The model
-//! keeps its own f16 KV cache and scratch buffers on the device, allocated up front, so the
-//! decode loop allocates nothing. [`CudaModel::greedy_next`] runs one decode step (captured
+//! `relu(gate)²·up`, the embeddings as f32 (exact lookups) and the LM head as int8 with a
+//! scale per 16 weights when the file's head is integer-coded (Q6_K, Q8_0: exact), else as
+//! f16. The model keeps its own f16 KV cache and scratch buffers on the device, allocated
+//! up front, so the decode loop allocates nothing. [`CudaModel::greedy_next`] runs one decode step (captured
 //! once into a CUDA graph and replayed) and reads back only the chosen token id.
 //!
 //! Per layer: RMSNorm→int8 (one kernel) → qkv product → RoPE + KV append → attention (for
 //! one token: split over positions, flash-decoding style) →
 //! RMSNorm→int8 → o product with the residual add fused → RMSNorm→int8 → gate/up product
-//! with relu²·up fused → RMSNorm→int8 → down product with the residual add fused.
+//! with relu²·up fused → RMSNorm→int8 → down product with the residual add fused. A decode
+//! step can run all of that in one persistent kernel instead (`bitnet_core::cuda::decode`,
+//! opt-in: [`CudaOptions::persistent_decode`]): embedding lookup, the layers, final norm,
+//! LM head with arg-max.
 
 use std::sync::Arc;
 
 use bitnet_core::cuda::attention::{attention, attention_decode, DecodeScratch};
-use bitnet_core::cuda::ops::{self, AttnDims, RopeTables};
-use bitnet_core::cuda::ternary::{matmul, matmul_norm, DevActs, DevTernary, Epilogue};
+use bitnet_core::cuda::decode::{DecodeLayer, DecodeStep};
+use bitnet_core::cuda::ops::{self, AttnDims, DevHead, RopeTables};
+use bitnet_core::cuda::ternary::{matmul, DevActs, DevTernary, Epilogue};
 use bitnet_core::cuda::{CudaDevice, DevBuf, Event, Graph, Stream};
 use bitnet_core::quant::dense::DenseMatrix;
 use rayon::prelude::*;
@@ -33,6 +38,12 @@ pub struct CudaOptions {
     pub max_batch: usize,
     /// Capture the decode step in a CUDA graph and replay it.
     pub use_graph: bool,
+    /// Decode with the persistent kernel (all layers in one launch) where the model's
+    /// shapes allow it, instead of ten launches per layer. Off by default: on the H100 it
+    /// is correct but slower so far (BENCHMARKS.md, "persistent decode kernel").
+    pub persistent_decode: bool,
+    /// Blocks per multiprocessor of the persistent kernel (at most what fits).
+    pub decode_blocks_per_sm: usize,
 }
 
 impl Default for CudaOptions {
@@ -41,6 +52,8 @@ impl Default for CudaOptions {
             max_ctx: None,
             max_batch: 512,
             use_graph: true,
+            persistent_decode: false,
+            decode_blocks_per_sm: 1,
         }
     }
 }
@@ -66,7 +79,7 @@ pub struct CudaModel {
     dims: AttnDims,
     layers: Vec<GpuLayer>,
     embed: DevBuf<f32>,
-    head: DevBuf<u16>,
+    head: DevHead,
     norm: DevBuf<f32>,
     rope: RopeTables,
     ctl: DevBuf<i32>,
@@ -87,8 +100,9 @@ pub struct CudaModel {
     graph: Option<Graph>,
     graph_note: Option<String>,
     weight_bytes: usize,
-    /// Decode with the norm→int8 fused into the products ([`CudaModel::set_fused_norm`]).
-    fuse_norm: bool,
+    /// The persistent decode kernel's setup, or why it is not used.
+    step: std::result::Result<DecodeStep, String>,
+    persistent: bool,
     /// While profiling: an event recorded after each kernel, with the kernel's label.
     prof: Option<Vec<(&'static str, Event)>>,
 }
@@ -173,24 +187,11 @@ impl CudaModel {
             });
         }
         let embed_f32 = dense_rows_f32(&model.embed)?;
-        let head_f32;
-        let head_src: &[f32] = match &model.lm_head {
-            Some(h) => {
-                head_f32 = dense_rows_f32(h)?;
-                &head_f32
-            }
-            None => &embed_f32,
-        };
-        let head_f16: Vec<u16> = head_src
-            .par_iter()
-            .map(|&v| half::f16::from_f32(v).to_bits())
-            .collect();
-        weight_bytes += head_f16.len() * 2;
         let embed = upload_f32(&dev, s, &embed_f32)?;
-        let head = dev.upload_exact(s, &head_f16)?;
         s.sync()?;
-        drop(head_f16);
         drop(embed_f32);
+        let head = DevHead::upload(&dev, s, model.lm_head.as_ref().unwrap_or(&model.embed))?;
+        weight_bytes += head.nbytes();
         let norm = upload_f32(&dev, s, &model.norm)?;
         let rope = RopeTables::new(
             &dev,
@@ -203,7 +204,7 @@ impl CudaModel {
         let (h, qd, ff) = (c.hidden, c.q_dim(), c.intermediate);
         let mb = max_batch;
         let kmax = h.max(qd).max(ff);
-        let m = CudaModel {
+        let mut m = CudaModel {
             ctl: dev.alloc(2 + mb)?,
             x: dev.alloc(mb * h)?,
             qkv: dev.alloc(mb * dims.qkv_width())?,
@@ -231,14 +232,23 @@ impl CudaModel {
             graph_note: None,
             weight_bytes,
             prof: None,
-            fuse_norm: false,
+            persistent: false,
+            step: Err("turned off".into()),
             config: c,
         };
+        if opts.persistent_decode {
+            m.set_decode_blocks_per_sm(opts.decode_blocks_per_sm);
+        }
         Ok(m)
     }
 
     pub fn device(&self) -> &Arc<CudaDevice> {
         &self.dev
+    }
+
+    /// How the LM head is held on the device.
+    pub fn head_format(&self) -> &'static str {
+        self.head.describe()
     }
 
     /// "NVIDIA H100 80GB HBM3 (sm_90)".
@@ -270,7 +280,7 @@ impl CudaModel {
         self.pos = self.pos.min(len);
     }
 
-    /// Bytes of weights on the device (packed ternary + f16 head; the f32 embedding table
+    /// Bytes of weights on the device (packed ternary + the LM head; the f32 embedding table
     /// is read one row per token and not counted).
     pub fn weight_bytes(&self) -> usize {
         self.weight_bytes
@@ -284,13 +294,50 @@ impl CudaModel {
         }
     }
 
-    /// Decode with RMSNorm→int8 fused into each matrix-vector product (one launch instead
-    /// of two; same results bit for bit). Off by default: on the H100 the per-block norm
-    /// prologue costs more than the launch it saves (see BENCHMARKS.md). Drops a captured
+    /// (Re)build the persistent decode kernel's setup with at most `n` blocks per
+    /// multiprocessor and decode with it; if it cannot be set up (see
+    /// [`CudaModel::decode_status`]), decode runs on separate kernels. Drops a captured
     /// graph.
-    pub fn set_fused_norm(&mut self, on: bool) {
-        self.fuse_norm = on;
+    pub fn set_decode_blocks_per_sm(&mut self, n: usize) {
+        let c = &self.config;
+        let refs: Vec<DecodeLayer> = self
+            .layers
+            .iter()
+            .map(|l| DecodeLayer {
+                qkv: &l.qkv,
+                o: &l.o,
+                gate_up: &l.gate_up,
+                down: &l.down,
+                attn_norm: &l.attn_norm,
+                attn_sub_norm: &l.attn_sub_norm,
+                ffn_norm: &l.ffn_norm,
+                ffn_sub_norm: &l.ffn_sub_norm,
+                kc: &l.kc,
+                vc: &l.vc,
+            })
+            .collect();
+        let (h, ff, eps) = (c.hidden, c.intermediate, c.rms_eps);
+        let (dev, s) = (&*self.dev, &self.stream);
+        let step = DecodeStep::new(dev, s, &refs, h, ff, self.dims, eps, &self.rope, n);
+        self.step = step.map_err(|e| e.to_string());
+        self.persistent = self.step.is_ok();
         self.graph = None;
+    }
+
+    /// Decode with the persistent kernel (if it could be set up; see
+    /// [`CudaModel::decode_status`]) or with separate kernels. Drops a captured graph.
+    pub fn set_persistent_decode(&mut self, on: bool) {
+        self.persistent = on && self.step.is_ok();
+        self.graph = None;
+    }
+
+    /// How a decode step runs: "persistent kernel (N blocks)" or "separate kernels (why)".
+    pub fn decode_status(&self) -> String {
+        match (&self.step, self.persistent) {
+            (Ok(st), true) => format!("persistent kernel ({} blocks)", st.grid()),
+            (Ok(_), false) => "separate kernels (persistent kernel turned off)".into(),
+            (Err(why), _) => format!("separate kernels (persistent kernel: {why})"),
+        }
     }
 
     /// Whether greedy decode replays a CUDA graph, or why not.
@@ -336,124 +383,64 @@ impl CudaModel {
         Ok(())
     }
 
-    /// Queue the layers for `m` tokens whose ids and first position are in `ctl`. One token
-    /// (decode) takes the matrix-vector kernels and the split attention (and, with
-    /// `fuse_norm`, the norm→int8 fused into the products: six launches per layer instead
-    /// of ten); more tokens take the tensor-core products. Under programmatic dependent
+    /// Queue the layers for `m` tokens whose ids and first position are in `ctl`, ten
+    /// launches per layer. One token takes the matrix-vector kernels and the split
+    /// attention; more tokens take the tensor-core products. Under programmatic dependent
     /// launch (sm_90) each product's weights stream in while the previous kernel finishes.
     fn enqueue_layers(&mut self, m: usize, max_positions: usize, best: bool) -> Result<()> {
         let c = &self.config;
         let (dev, s) = (&*self.dev, &self.stream);
         let (h, qd, ff, eps) = (c.hidden, c.q_dim(), c.intermediate, c.rms_eps);
         let best = if best { Some(&self.best) } else { None };
-        let fused = m == 1 && self.fuse_norm;
         let split_attn = m == 1;
         ops::embed(dev, s, &self.embed, h, &self.ctl, m, &mut self.x, best)?;
         mark(&mut self.prof, s, "embed")?;
         for l in &mut self.layers {
-            if fused {
-                matmul_norm(
-                    dev,
-                    s,
-                    &l.qkv,
-                    &self.x,
-                    &l.attn_norm,
-                    eps,
-                    &mut self.qkv,
-                    Epilogue::Store,
-                )?;
-                mark(&mut self.prof, s, "norm+gemv qkv")?;
-            } else {
-                ops::rmsnorm_quant(dev, s, &self.x, 0, m, h, &l.attn_norm, eps, &mut self.acts)?;
-                mark(&mut self.prof, s, "norm→int8 (attn)")?;
-                matmul(
-                    dev,
-                    s,
-                    &l.qkv,
-                    &self.acts,
-                    m,
-                    &mut self.qkv,
-                    Epilogue::Store,
-                    false,
-                )?;
-                mark(&mut self.prof, s, "gemv/gemm qkv")?;
-            }
+            let (acts, pr) = (&mut self.acts, &mut self.prof);
+            ops::rmsnorm_quant(dev, s, &self.x, 0, m, h, &l.attn_norm, eps, acts)?;
+            mark(pr, s, "norm→int8 (attn)")?;
+            matmul(
+                dev,
+                s,
+                &l.qkv,
+                acts,
+                m,
+                &mut self.qkv,
+                Epilogue::Store,
+                false,
+            )?;
+            mark(pr, s, "gemv/gemm qkv")?;
+            let (kc, vc) = (&mut l.kc, &mut l.vc);
             ops::rope_kv(
                 dev,
                 s,
                 &mut self.qkv,
                 m,
-                &mut l.kc,
-                &mut l.vc,
+                kc,
+                vc,
                 &self.rope,
                 &self.ctl,
                 self.dims,
             )?;
-            mark(&mut self.prof, s, "rope+kv")?;
+            mark(pr, s, "rope+kv")?;
             if split_attn {
+                let sc = &mut self.att_scratch;
                 attention_decode(
                     dev,
                     s,
                     &self.qkv,
-                    &l.kc,
-                    &l.vc,
+                    kc,
+                    vc,
                     &mut self.attn,
                     &self.ctl,
                     self.dims,
-                    &mut self.att_scratch,
+                    sc,
                 )?;
             } else {
-                attention(
-                    dev,
-                    s,
-                    &self.qkv,
-                    m,
-                    &l.kc,
-                    &l.vc,
-                    &mut self.attn,
-                    &self.ctl,
-                    self.dims,
-                    max_positions,
-                )?;
+                let (q, a) = (&self.qkv, &mut self.attn);
+                attention(dev, s, q, m, kc, vc, a, &self.ctl, self.dims, max_positions)?;
             }
-            mark(&mut self.prof, s, "attention")?;
-            if fused {
-                matmul_norm(
-                    dev,
-                    s,
-                    &l.o,
-                    &self.attn,
-                    &l.attn_sub_norm,
-                    eps,
-                    &mut self.x,
-                    Epilogue::Add,
-                )?;
-                mark(&mut self.prof, s, "norm+gemv o (+res)")?;
-                matmul_norm(
-                    dev,
-                    s,
-                    &l.gate_up,
-                    &self.x,
-                    &l.ffn_norm,
-                    eps,
-                    &mut self.ffn,
-                    Epilogue::Relu2,
-                )?;
-                mark(&mut self.prof, s, "norm+gemv gate/up relu²")?;
-                matmul_norm(
-                    dev,
-                    s,
-                    &l.down,
-                    &self.ffn,
-                    &l.ffn_sub_norm,
-                    eps,
-                    &mut self.x,
-                    Epilogue::Add,
-                )?;
-                mark(&mut self.prof, s, "norm+gemv down (+res)")?;
-                continue;
-            }
-            let (acts, pr) = (&mut self.acts, &mut self.prof);
+            mark(pr, s, "attention")?;
             ops::rmsnorm_quant(dev, s, &self.attn, 0, m, qd, &l.attn_sub_norm, eps, acts)?;
             mark(pr, s, "norm→int8 (attn sub)")?;
             matmul(dev, s, &l.o, acts, m, &mut self.x, Epilogue::Add, false)?;
@@ -523,8 +510,30 @@ impl CudaModel {
     }
 
     fn enqueue_decode(&mut self) -> Result<()> {
-        let max_ctx = self.max_ctx;
-        self.enqueue_layers(1, max_ctx, true)?;
+        match &self.step {
+            Ok(step) if self.persistent => {
+                let (dev, s) = (&*self.dev, &self.stream);
+                let h = self.config.hidden;
+                ops::embed(
+                    dev,
+                    s,
+                    &self.embed,
+                    h,
+                    &self.ctl,
+                    1,
+                    &mut self.x,
+                    Some(&self.best),
+                )?;
+                mark(&mut self.prof, s, "embed")?;
+                let (x, q, a, f) = (&mut self.x, &mut self.qkv, &mut self.attn, &mut self.ffn);
+                step.enqueue(dev, s, x, q, a, f, &self.rope, &self.ctl)?;
+                mark(&mut self.prof, s, "layers (persistent kernel)")?;
+            }
+            _ => {
+                let max_ctx = self.max_ctx;
+                self.enqueue_layers(1, max_ctx, true)?;
+            }
+        }
         let c = &self.config;
         let (dev, s) = (&*self.dev, &self.stream);
         ops::rmsnorm(
@@ -558,10 +567,16 @@ impl CudaModel {
     /// launched eagerly with an event after each kernel (the GPU first sleeps 20 ms so that
     /// the whole step is queued before it runs: no host gaps in the times). Returns
     /// (label, launches, total ms) in order of first appearance; the position does not
-    /// advance. For profiling only.
+    /// advance. With the persistent kernel, its stages come first (block 0's view: work per
+    /// stage and wait at the barrier after it, summed over the layers), then the launches.
+    /// For profiling only.
     pub fn profile_decode(&mut self, token: u32) -> Result<Vec<(&'static str, usize, f64)>> {
         self.check_tokens(&[token])?;
         self.upload_ctl(&[token])?;
+        let timed = self.persistent;
+        if let (Ok(st), true) = (&mut self.step, timed) {
+            st.set_timing(&self.dev, true)?;
+        }
         ops::gpu_sleep(&self.dev, &self.stream, 20_000_000)?;
         self.prof = Some(vec![("start", self.stream.record()?)]);
         let r = self.enqueue_decode();
@@ -569,6 +584,14 @@ impl CudaModel {
         r?;
         self.stream.sync()?;
         let mut out: Vec<(&'static str, usize, f64)> = Vec::new();
+        if let (Ok(st), true) = (&mut self.step, timed) {
+            let stages = st.stage_times(&self.stream);
+            st.set_timing(&self.dev, false)?;
+            let n = self.layers.len();
+            for (label, ns) in stages? {
+                out.push((label, n, ns * 1e-6));
+            }
+        }
         for w in marks.windows(2) {
             let dt = bitnet_core::cuda::elapsed_ms(&w[0].1, &w[1].1)?;
             match out.iter_mut().find(|e| e.0 == w[1].0) {

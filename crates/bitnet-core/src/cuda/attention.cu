@@ -80,71 +80,70 @@ attention(const float* __restrict__ qkv, const u16* __restrict__ kc, const u16* 
 }
 
 // Decode attention (one query token at position ctl[0], positions 0 ..= ctl[0]), split
-// over positions (flash-decoding): grid (nh, S); block (h, sp) takes the sp-th of S equal
-// chunks of the positions, 4 warps. Lanes own D = hd/32 consecutive dimensions, so a warp
-// reads a whole key or value row with one load per lane; each warp takes every 4th
-// position of the chunk, eight positions' loads in flight at a time. The block writes its
-// unnormalised partial output, its max and its Σexp to `part` ([h][sp][hd + 2]); the last
-// block of head h to finish (counter `ctr[h]`, reset afterwards) combines the S partials in
-// split order, so the result does not depend on which block finishes last.
-// Dynamic shared memory: chunk_max + 4·hd floats.
-#define AD_WARPS 4
+// over positions (flash-decoding): work item (h, sp) takes the sp-th of S equal chunks of
+// the positions with the W warps of a block. Lanes own D = hd/32 consecutive dimensions,
+// so a warp reads a whole key or value row with one load per lane; each warp takes every
+// W-th position of the chunk, eight positions' loads in flight at a time. The item writes
+// its unnormalised partial output, its max and its Σexp to `part` ([h][sp][hd + 2]); the
+// last item of head h to finish (counter `ctr[h]`, reset afterwards) combines the S
+// partials in split order, so the result does not depend on which item finishes last.
+// The kernel attn_decode runs one item per block (grid (nh, S), 4 warps); the persistent
+// decode kernel (decode.cu) runs items with 8 warps. The query and the cache are read
+// through L2 (ld.global.cg): in the persistent kernel other blocks wrote them.
+// Shared memory `sm`: chunk_max + W·hd floats.
 #define AD_U 8
 template <int D>
 __device__ __forceinline__ void ld_h(const u16* p, float* f) {
     if (D == 8) {
-        uint4 u = *(const uint4*)p;
+        uint4 u = __ldcg((const uint4*)p);
         f[0] = h2f((u16)(u.x & 0xffff)); f[1] = h2f((u16)(u.x >> 16));
         f[2] = h2f((u16)(u.y & 0xffff)); f[3] = h2f((u16)(u.y >> 16));
         f[4] = h2f((u16)(u.z & 0xffff)); f[5] = h2f((u16)(u.z >> 16));
         f[6] = h2f((u16)(u.w & 0xffff)); f[7] = h2f((u16)(u.w >> 16));
     } else if (D == 4) {
-        uint2 u = *(const uint2*)p;
+        uint2 u = __ldcg((const uint2*)p);
         f[0] = h2f((u16)(u.x & 0xffff)); f[1] = h2f((u16)(u.x >> 16));
         f[2] = h2f((u16)(u.y & 0xffff)); f[3] = h2f((u16)(u.y >> 16));
     } else if (D == 2) {
-        u32 u = *(const u32*)p;
+        u32 u = __ldcg((const unsigned int*)p);
         f[0] = h2f((u16)(u & 0xffff)); f[1] = h2f((u16)(u >> 16));
     } else {
 #pragma unroll
-        for (int d = 0; d < D; d++) f[d] = h2f(p[d]);
+        for (int d = 0; d < D; d++) f[d] = h2f(__ldcg((const unsigned short*)p + d));
     }
 }
 
-template <int D>
-__device__ __forceinline__ void attn_decode_impl(
-    const float* __restrict__ qkv, const u16* __restrict__ kc, const u16* __restrict__ vc,
-    float* __restrict__ out, const i32* __restrict__ ctl, int nh, int nkv, int max_ctx,
-    float scale, float* __restrict__ part, u32* __restrict__ ctr, int S, int chunk_max) {
-    const int hd = 32 * D;
-    extern __shared__ float sm[];
+template <int D, int W>
+__device__ __forceinline__ void attn_decode_item(
+    int h, int sp, const float* qkv, const u16* kc, const u16* vc, float* out, int n, int nh,
+    int nkv, int max_ctx, float scale, float* part, u32* ctr, int S, int chunk_max,
+    float* sm) {
+    const int hd = 32 * D, bd = 32 * W;
     __shared__ float shr[32];
     __shared__ int last;
-    int h = blockIdx.x, sp = blockIdx.y;
-    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, bd = blockDim.x;
-    int n = ctl[0] + 1;
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     int chunk = (n + S - 1) / S;
     if (chunk > chunk_max) chunk = chunk_max;  // never, when the launch sized it
     int p0 = sp * chunk, p1 = min(n, p0 + chunk);
     int kvh = h / (nh / nkv);
     float q[D];
 #pragma unroll
-    for (int d = 0; d < D; d++) q[d] = qkv[(size_t)h * hd + lane * D + d];
+    for (int d = 0; d < D; d++) q[d] = __ldcg(qkv + (size_t)h * hd + lane * D + d);
     const u16* kb = kc + (size_t)kvh * max_ctx * hd + lane * D;
     const u16* vb = vc + (size_t)kvh * max_ctx * hd + lane * D;
     float* sc = sm;
     float* red = sm + chunk_max;
     float mx = -3.402823466e38f;
-    for (int pb = p0 + warp; pb < p1; pb += AD_U * AD_WARPS) {
+    for (int pb = p0 + warp; pb < p1; pb += AD_U * W) {
         float kf[AD_U][D];
 #pragma unroll
         for (int u = 0; u < AD_U; u++) {
-            int p = pb + u * AD_WARPS;
+            int p = pb + u * W;
             if (p < p1) ld_h<D>(kb + (size_t)p * hd, kf[u]);
         }
 #pragma unroll
         for (int u = 0; u < AD_U; u++) {
-            int p = pb + u * AD_WARPS;
+            int p = pb + u * W;
             if (p < p1) {
                 float a = 0.0f;
 #pragma unroll
@@ -166,16 +165,16 @@ __device__ __forceinline__ void attn_decode_impl(
     float acc[D];
 #pragma unroll
     for (int d = 0; d < D; d++) acc[d] = 0.0f;
-    for (int pb = p0 + warp; pb < p1; pb += AD_U * AD_WARPS) {
+    for (int pb = p0 + warp; pb < p1; pb += AD_U * W) {
         float vf[AD_U][D];
 #pragma unroll
         for (int u = 0; u < AD_U; u++) {
-            int p = pb + u * AD_WARPS;
+            int p = pb + u * W;
             if (p < p1) ld_h<D>(vb + (size_t)p * hd, vf[u]);
         }
 #pragma unroll
         for (int u = 0; u < AD_U; u++) {
-            int p = pb + u * AD_WARPS;
+            int p = pb + u * W;
             if (p < p1) {
                 float e = sc[p - p0];
 #pragma unroll
@@ -189,7 +188,7 @@ __device__ __forceinline__ void attn_decode_impl(
     float* po = part + ((size_t)h * S + sp) * (hd + 2);
     for (int d = tid; d < hd; d += bd) {
         float t = 0.0f;
-        for (int w = 0; w < AD_WARPS; w++) t += red[w * hd + d];
+        for (int w = 0; w < W; w++) t += red[w * hd + d];
         po[d] = t;
     }
     if (tid == 0) {
@@ -230,10 +229,15 @@ attn_decode(const float* __restrict__ qkv, const u16* __restrict__ kc,
             const u16* __restrict__ vc, float* __restrict__ out, const i32* __restrict__ ctl,
             int nh, int nkv, int hd, int max_ctx, float scale, float* __restrict__ part,
             u32* __restrict__ ctr, int S, int chunk_max) {
+    extern __shared__ float adsm[];
     PDL_WAIT();
     PDL_LAUNCH();
-#define AD_CASE(D) \
-    case D: attn_decode_impl<D>(qkv, kc, vc, out, ctl, nh, nkv, max_ctx, scale, part, ctr, S, chunk_max); break;
+    int n = ctl[0] + 1;
+#define AD_CASE(D)                                                                     \
+    case D:                                                                            \
+        attn_decode_item<D, 4>(blockIdx.x, blockIdx.y, qkv, kc, vc, out, n, nh, nkv,   \
+                               max_ctx, scale, part, ctr, S, chunk_max, adsm);         \
+        break;
     switch (hd >> 5) {
         AD_CASE(1) AD_CASE(2) AD_CASE(3) AD_CASE(4) AD_CASE(5) AD_CASE(6) AD_CASE(7) AD_CASE(8)
         default: break;

@@ -13,6 +13,7 @@
 //! captured into a CUDA graph ([`Stream::begin_capture`]).
 
 pub mod attention;
+pub mod decode;
 pub mod ops;
 pub mod ternary;
 
@@ -33,6 +34,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("ternary.cu", include_str!("ternary.cu")),
     ("ops.cu", include_str!("ops.cu")),
     ("attention.cu", include_str!("attention.cu")),
+    ("decode.cu", include_str!("decode.cu")),
 ];
 
 /// The whole program NVRTC compiles (a `#line` directive before each file keeps compiler
@@ -158,12 +160,16 @@ pub(crate) enum K {
     RopeKv,
     EmbedRows,
     HeadGemv,
+    HeadI8,
     ArgmaxF32,
     CopyU4,
     Attention,
     GpuSleep,
     AttnDecode,
-    TernGemvNorm,
+    DecodeD1,
+    DecodeD2,
+    DecodeD4,
+    DecodeD8,
 }
 
 const KERNEL_NAMES: &[(K, &str)] = &[
@@ -174,12 +180,16 @@ const KERNEL_NAMES: &[(K, &str)] = &[
     (K::RopeKv, "rope_kv"),
     (K::EmbedRows, "embed_rows"),
     (K::HeadGemv, "head_gemv"),
+    (K::HeadI8, "head_i8"),
     (K::ArgmaxF32, "argmax_f32"),
     (K::CopyU4, "copy_u4"),
     (K::Attention, "attention"),
     (K::GpuSleep, "gpu_sleep"),
     (K::AttnDecode, "attn_decode"),
-    (K::TernGemvNorm, "tern_gemv_norm"),
+    (K::DecodeD1, "decode_layers_d1"),
+    (K::DecodeD2, "decode_layers_d2"),
+    (K::DecodeD4, "decode_layers_d4"),
+    (K::DecodeD8, "decode_layers_d8"),
 ];
 
 /// One kernel argument (pointers travel as device addresses).
@@ -644,6 +654,15 @@ impl CudaDevice {
             .map_err(drv)
     }
 
+    /// How many blocks of `threads` threads and `smem` bytes of dynamic shared memory of
+    /// kernel `k` fit on one multiprocessor at once.
+    pub(crate) fn blocks_per_sm(&self, k: K, threads: u32, smem: usize) -> Result<usize> {
+        self.funcs[k as usize]
+            .occupancy_max_active_blocks_per_multiprocessor(threads, smem, None)
+            .map(|n| n as usize)
+            .map_err(drv)
+    }
+
     /// Launch kernel `k`.
     pub(crate) fn launch(
         &self,
@@ -653,6 +672,34 @@ impl CudaDevice {
         block: (u32, u32, u32),
         smem: u32,
         args: &[Arg],
+    ) -> Result<()> {
+        self.launch_impl(k, stream, grid, block, smem, args, false)
+    }
+
+    /// Launch kernel `k` cooperatively: all its blocks are resident at once (the launch
+    /// fails rather than queueing blocks), as grid-wide barriers need.
+    pub(crate) fn launch_cooperative(
+        &self,
+        k: K,
+        stream: &Stream,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        self.launch_impl(k, stream, grid, block, smem, args, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_impl(
+        &self,
+        k: K,
+        stream: &Stream,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[Arg],
+        cooperative: bool,
     ) -> Result<()> {
         if args.len() > 16 {
             return Err(Error::Unsupported("too many kernel arguments".into()));
@@ -669,17 +716,23 @@ impl CudaDevice {
             };
         }
         stream.bind()?;
-        if self.pdl_enabled() {
+        if cooperative || self.pdl_enabled() {
             // Programmatic dependent launch: this grid may start while the previous kernel
             // of the stream finishes; every kernel waits (`griddepcontrol.wait`) before it
             // touches data another kernel reads or writes, so only its prologue (loading
-            // constant weights) overlaps the previous kernel.
+            // constant weights) overlaps the previous kernel. A cooperative grid (which does
+            // not wait that way) starts after its predecessor as usual.
             let mut attr = sys::CUlaunchAttribute {
                 id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
                 pad: [0; 4],
                 value: sys::CUlaunchAttributeValue { pad: [0; 64] },
             };
-            attr.value.programmaticStreamSerializationAllowed = 1;
+            if cooperative {
+                attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+                attr.value.cooperative = 1;
+            } else {
+                attr.value.programmaticStreamSerializationAllowed = 1;
+            }
             let cfg = sys::CUlaunchConfig {
                 gridDimX: grid.0,
                 gridDimY: grid.1,

@@ -274,6 +274,81 @@ head_gemv(const uint4* __restrict__ W, const float* __restrict__ x, float* __res
     if (best) block_argmax_commit(key, best);
 }
 
+// LM head on int8 weights with one f32 scale per 16 (the exact factors of a Q6_K, Q8_0
+// or int8-row head): logits[r][v] = Σ_g S[v][g]·Σ_{i<16} W[v][16g+i]·x[r][16g+i], H % 16
+// == 0. Same work split and arg-max as head_gemv; one 16-byte load covers a group.
+__device__ __forceinline__ float dot4_i8(u32 w, float4 x) {
+    return (float)((int)(w << 24) >> 24) * x.x + (float)((int)(w << 16) >> 24) * x.y +
+           (float)((int)(w << 8) >> 24) * x.z + (float)((int)w >> 24) * x.w;
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+head_i8(const uint4* __restrict__ W, const float* __restrict__ S, const float* __restrict__ x,
+        float* __restrict__ logits, int V, int H, int rows, u64* best) {
+    int lane = threadIdx.x & 31;
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int hw = H >> 4;
+    u64 key = 0ull;
+    uint4 p[4];
+    float sc[4];
+    {
+        int v = warp * HEAD_RPW;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int j = lane + 32 * u;
+            bool ok = v < V && j < hw;
+            p[u] = ok ? ld_stream(W + (size_t)v * hw + j) : make_uint4(0, 0, 0, 0);
+            sc[u] = ok ? __ldg(S + (size_t)v * hw + j) : 0.0f;
+        }
+    }
+    PDL_WAIT();
+    PDL_LAUNCH();
+    bool first = true;
+    for (int rr = 0; rr < HEAD_RPW; rr++) {
+        int v = warp * HEAD_RPW + rr;
+        if (v >= V) break;
+        const uint4* wr = W + (size_t)v * hw;
+        const float* sr = S + (size_t)v * hw;
+        float acc[HEAD_MAXR];
+#pragma unroll
+        for (int r = 0; r < HEAD_MAXR; r++) acc[r] = 0.0f;
+        for (int j0 = lane; j0 < hw; j0 += 128) {
+            if (!first) {
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    int j = j0 + 32 * u;
+                    p[u] = j < hw ? ld_stream(wr + j) : make_uint4(0, 0, 0, 0);
+                    sc[u] = j < hw ? __ldg(sr + j) : 0.0f;
+                }
+            }
+            first = false;
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int j = j0 + 32 * u;
+                if (j >= hw) break;
+#pragma unroll
+                for (int r = 0; r < HEAD_MAXR; r++) {
+                    if (r < rows) {
+                        const float4* xr = (const float4*)(x + (size_t)r * H) + 4 * j;
+                        float g = dot4_i8(p[u].x, __ldg(xr)) + dot4_i8(p[u].y, __ldg(xr + 1)) +
+                                  dot4_i8(p[u].z, __ldg(xr + 2)) + dot4_i8(p[u].w, __ldg(xr + 3));
+                        acc[r] += sc[u] * g;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < HEAD_MAXR; r++) {
+            if (r < rows) {
+                float s = warp_sum(acc[r]);
+                if (lane == 0) logits[(size_t)r * V + v] = s;
+                if (r == 0) key = umax64(key, argmax_key(s, (u32)v));
+            }
+        }
+    }
+    if (best) block_argmax_commit(key, best);
+}
+
 // Arg-max of a vector into *best (which the caller zeroes first); grid-stride blocks.
 extern "C" __global__ void __launch_bounds__(256)
 argmax_f32(const float* __restrict__ x, int n, u64* best) {

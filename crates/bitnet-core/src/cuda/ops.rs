@@ -2,10 +2,13 @@
 //! the f16 LM head with its fused arg-max, arg-max, and a copy kernel for the bandwidth
 //! baseline.
 
+use rayon::prelude::*;
+
 use super::ternary::{padded_cols, DevActs};
 use super::{Arg, CudaDevice, DevBuf, Stream, K};
 use crate::error::{Error, Result};
 use crate::nn::rope::RopeStyle;
+use crate::quant::dense::DenseMatrix;
 
 fn need(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
     if ok {
@@ -190,6 +193,26 @@ impl RopeTables {
         stream.sync()?;
         Ok(t)
     }
+
+    pub(crate) fn cos_ptr(&self) -> u64 {
+        self.cos.ptr()
+    }
+
+    pub(crate) fn sin_ptr(&self) -> u64 {
+        self.sin.ptr()
+    }
+
+    pub(crate) fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    pub(crate) fn max_pos(&self) -> usize {
+        self.max_pos
+    }
+
+    pub(crate) fn neox(&self) -> bool {
+        self.neox
+    }
 }
 
 /// Rotate q and k of `m` fused q|k|v rows (positions `ctl[0] ..`) in place and append k, v
@@ -285,13 +308,88 @@ pub fn argmax_index(key: u64) -> Option<u32> {
     }
 }
 
-/// LM head: `logits[r] = W·x[r]` for `rows` rows of `x` (`h` wide), `W` f16 (`v × h`).
+/// An LM head on the device. Heads stored as integers with block scales (Q6_K, Q8_0,
+/// int8 rows) keep their exact values as int8 with one f32 scale per 16 weights (1.25
+/// bytes per weight); float heads go to f16.
+pub enum DevHead {
+    F16(DevBuf<u16>),
+    I8 { q: DevBuf<i8>, scales: DevBuf<f32> },
+}
+
+impl DevHead {
+    /// Upload `m` (`vocab × hidden`), converting rows in parallel.
+    pub fn upload(dev: &CudaDevice, stream: &Stream, m: &DenseMatrix) -> Result<DevHead> {
+        let (rows, cols) = (m.rows(), m.cols());
+        if rows == 0 || !cols.is_multiple_of(8) {
+            return Err(Error::shape(
+                "cuda::DevHead",
+                format!("head {rows}×{cols} (columns must be a multiple of 8)"),
+            ));
+        }
+        let mut probe_q = vec![0i8; cols];
+        let mut probe_s = vec![0f32; cols / 16];
+        let int8 = cols.is_multiple_of(16) && m.row_i8_groups16(0, &mut probe_q, &mut probe_s)?;
+        let head = if int8 {
+            let mut q = vec![0i8; rows * cols];
+            let mut s = vec![0f32; rows * cols / 16];
+            q.par_chunks_mut(cols)
+                .zip(s.par_chunks_mut(cols / 16))
+                .enumerate()
+                .try_for_each(|(r, (qr, sr))| m.row_i8_groups16(r, qr, sr).map(|_| ()))?;
+            DevHead::I8 {
+                q: dev.upload_exact(stream, &q)?,
+                scales: dev.upload_exact(stream, &s)?,
+            }
+        } else {
+            let mut h = vec![0u16; rows * cols];
+            h.par_chunks_mut(cols)
+                .enumerate()
+                .try_for_each(|(r, hr)| -> Result<()> {
+                    let mut f = vec![0f32; cols];
+                    m.row_f32(r, &mut f)?;
+                    for (o, &v) in hr.iter_mut().zip(&f) {
+                        *o = half::f16::from_f32(v).to_bits();
+                    }
+                    Ok(())
+                })?;
+            DevHead::F16(dev.upload_exact(stream, &h)?)
+        };
+        stream.sync()?;
+        Ok(head)
+    }
+
+    /// Bytes one pass over the head reads.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            DevHead::F16(w) => w.nbytes(),
+            DevHead::I8 { q, scales } => q.nbytes() + scales.nbytes(),
+        }
+    }
+
+    /// "f16" or "int8 + f32 scale per 16".
+    pub fn describe(&self) -> &'static str {
+        match self {
+            DevHead::F16(_) => "f16",
+            DevHead::I8 { .. } => "int8 + f32 scale per 16 (exact)",
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            DevHead::F16(w) => w.len(),
+            DevHead::I8 { q, .. } => q.len(),
+        }
+    }
+}
+
+/// LM head: `logits[r] = W·x[r]` for `rows` rows of `x` (`h` wide), `W` (`v × h`).
 /// With `best` (and one row) the arg-max is folded into `*best` (cleared beforehand by the
 /// caller, e.g. by [`embed`]).
+#[allow(clippy::too_many_arguments)]
 pub fn head(
     dev: &CudaDevice,
     stream: &Stream,
-    w: &DevBuf<u16>,
+    w: &DevHead,
     v: usize,
     h: usize,
     x: &DevBuf<f32>,
@@ -311,22 +409,20 @@ pub fn head(
     let mut r0 = 0;
     while r0 < rows {
         let nr = (rows - r0).min(8);
-        dev.launch(
-            K::HeadGemv,
-            stream,
-            (blocks, 1, 1),
-            (256, 1, 1),
-            0,
-            &[
-                Arg::P(w.ptr()),
-                Arg::P(x.ptr_at(r0 * h)),
-                Arg::P(logits.ptr_at(r0 * v)),
-                Arg::I(v as i32),
-                Arg::I(h as i32),
-                Arg::I(nr as i32),
-                Arg::P(best.map_or(0, |b| b.ptr())),
-            ],
-        )?;
+        let tail = [
+            Arg::P(x.ptr_at(r0 * h)),
+            Arg::P(logits.ptr_at(r0 * v)),
+            Arg::I(v as i32),
+            Arg::I(h as i32),
+            Arg::I(nr as i32),
+            Arg::P(best.map_or(0, |b| b.ptr())),
+        ];
+        let (k, mut args) = match w {
+            DevHead::F16(w) => (K::HeadGemv, vec![Arg::P(w.ptr())]),
+            DevHead::I8 { q, scales } => (K::HeadI8, vec![Arg::P(q.ptr()), Arg::P(scales.ptr())]),
+        };
+        args.extend(tail);
+        dev.launch(k, stream, (blocks, 1, 1), (256, 1, 1), 0, &args)?;
         r0 += nr;
     }
     Ok(())

@@ -184,6 +184,15 @@ impl DevTernary {
     pub fn nbytes(&self) -> usize {
         self.w.nbytes()
     }
+
+    /// Device addresses of the codes, the row scales and the bias (0 when there is none).
+    pub(crate) fn ptrs(&self) -> [u64; 3] {
+        [
+            self.w.ptr(),
+            self.scales.ptr(),
+            self.bias.as_ref().map_or(0, |b| b.ptr()),
+        ]
+    }
 }
 
 /// Int8 activations on the device: `rows × kp` codes, the factor `1/a` and `Σq` per row.
@@ -333,67 +342,4 @@ pub fn matmul(
         ]);
         dev.launch(K::TernGemm, stream, grid, (256, 1, 1), 0, &args)
     }
-}
-
-/// `out ⟵ W · int8(rmsnorm(x))` for one token: the RMSNorm (weight `norm`, `eps`) and int8
-/// quantization of the f32 row `x` (`w.cols()` values) fused in front of the
-/// matrix-vector product, with epilogue `epi`. Gives exactly what [`super::ops::rmsnorm_quant`]
-/// followed by [`matmul`] gives, in one launch.
-pub fn matmul_norm(
-    dev: &CudaDevice,
-    stream: &Stream,
-    w: &DevTernary,
-    x: &DevBuf<f32>,
-    norm: &DevBuf<f32>,
-    eps: f32,
-    out: &mut DevBuf<f32>,
-    epi: Epilogue,
-) -> Result<()> {
-    let (n, k) = (w.rows, w.cols);
-    let n_out = if epi == Epilogue::Relu2 { n / 2 } else { n };
-    if x.len() < k
-        || norm.len() != k
-        || out.len() < n_out
-        || (epi == Epilogue::Relu2 && !n.is_multiple_of(2))
-    {
-        return Err(Error::shape(
-            "cuda::matmul_norm",
-            format!(
-                "weight {n}×{k}, input {}, norm {}, output {}",
-                x.len(),
-                norm.len(),
-                out.len()
-            ),
-        ));
-    }
-    if n == 0 {
-        return Ok(());
-    }
-    let kw = w.kp() / 64;
-    let smem = w.kp() + 4 * k;
-    dev.ensure_smem(K::TernGemvNorm, smem)?;
-    // 8 warps per block, a pair of rows per warp, at most 3 blocks per SM (grid stride).
-    let pairs = n.div_ceil(2);
-    let blocks = pairs.div_ceil(8).min(3 * dev.sm_count().max(1)) as u32;
-    let bias = w.bias.as_ref().map_or(0, |b| b.ptr());
-    dev.launch(
-        K::TernGemvNorm,
-        stream,
-        (blocks, 1, 1),
-        (256, 1, 1),
-        smem as u32,
-        &[
-            Arg::P(w.w.ptr()),
-            Arg::P(x.ptr()),
-            Arg::P(norm.ptr()),
-            Arg::I(k as i32),
-            Arg::F(eps),
-            Arg::P(w.scales.ptr()),
-            Arg::P(bias),
-            Arg::P(out.ptr()),
-            Arg::I(n as i32),
-            Arg::I(kw as i32),
-            Arg::I(epi as i32),
-        ],
-    )
 }

@@ -332,6 +332,64 @@ impl DenseMatrix {
         Ok(())
     }
 
+    /// Row `r` as int8 values and one f32 scale per 16 of them, exactly (value =
+    /// scale·q, the same products [`DenseMatrix::row_f32`] computes), for the kinds that
+    /// are integer-coded: Q8_0, Q6_K and I8Row. `Ok(false)` (outputs untouched) for the
+    /// float kinds, and for `cols % 16 != 0`.
+    pub fn row_i8_groups16(&self, r: usize, q: &mut [i8], scales: &mut [f32]) -> Result<bool> {
+        let (rows, cols) = (self.rows(), self.cols());
+        if r >= rows {
+            return Err(Error::OutOfRange {
+                op: "DenseMatrix::row_i8_groups16",
+                index: r,
+                size: rows,
+            });
+        }
+        if !cols.is_multiple_of(16) {
+            return Ok(false);
+        }
+        if q.len() != cols || scales.len() != cols / 16 {
+            return Err(Error::shape(
+                "DenseMatrix::row_i8_groups16",
+                format!(
+                    "outputs hold {} values and {} scales, the row has {cols} values",
+                    q.len(),
+                    scales.len()
+                ),
+            ));
+        }
+        let st = self.row_stride();
+        match self {
+            DenseMatrix::F32 { .. } | DenseMatrix::F16 { .. } | DenseMatrix::BF16 { .. } => {
+                return Ok(false)
+            }
+            DenseMatrix::Q8_0 { data, .. } => {
+                let b = &data[r * st..(r + 1) * st];
+                for ((blk, qo), so) in b
+                    .chunks_exact(q8_0::BLOCK_BYTES)
+                    .zip(q.chunks_exact_mut(q8_0::QK))
+                    .zip(scales.chunks_exact_mut(q8_0::QK / 16))
+                {
+                    let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                    so.fill(d);
+                    for (o, &v) in qo.iter_mut().zip(&blk[2..]) {
+                        *o = v as i8;
+                    }
+                }
+            }
+            DenseMatrix::Q6K { data, .. } => {
+                q6_k::row_groups16(&data[r * st..(r + 1) * st], q, scales)?
+            }
+            DenseMatrix::I8Row {
+                data, scales: rs, ..
+            } => {
+                q.copy_from_slice(&data[r * cols..(r + 1) * cols]);
+                scales.fill(rs[r]);
+            }
+        }
+        Ok(true)
+    }
+
     /// The whole matrix as f32 (row-major).
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let mut out = vec![0f32; self.rows() * self.cols()];
@@ -719,6 +777,32 @@ mod tests {
         w.chunks(m.cols())
             .map(|r| r.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum())
             .collect()
+    }
+
+    #[test]
+    fn i8_groups_are_the_exact_factors_of_the_dequantized_rows() {
+        let (rows, cols) = (3, 512);
+        let w = data(rows * cols, 5, 0.07);
+        for kind in [DenseKind::Q8_0, DenseKind::Q6K, DenseKind::I8Row] {
+            let m = DenseMatrix::from_f32(&w, rows, cols, kind).unwrap();
+            let (mut q, mut s, mut f) = (vec![0i8; cols], vec![0f32; cols / 16], vec![0f32; cols]);
+            for r in 0..rows {
+                assert!(m.row_i8_groups16(r, &mut q, &mut s).unwrap());
+                m.row_f32(r, &mut f).unwrap();
+                for (i, &v) in f.iter().enumerate() {
+                    assert_eq!(
+                        (s[i / 16] * q[i] as f32).to_bits(),
+                        v.to_bits(),
+                        "{kind:?} {r} {i}"
+                    );
+                }
+            }
+            assert!(m.row_i8_groups16(rows, &mut q, &mut s).is_err());
+            assert!(m.row_i8_groups16(0, &mut q[1..], &mut s).is_err());
+        }
+        let m = DenseMatrix::from_f32(&w, rows, cols, DenseKind::F16).unwrap();
+        let (mut q, mut s) = (vec![0i8; cols], vec![0f32; cols / 16]);
+        assert!(!m.row_i8_groups16(0, &mut q, &mut s).unwrap());
     }
 
     fn check_kind(kind: DenseKind, rows: usize, cols: usize) {

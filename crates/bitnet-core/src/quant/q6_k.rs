@@ -271,6 +271,41 @@ pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+/// A row as int8 quants (`q − 32`, in −32..=31) and one f32 scale per 16 weights
+/// (`d·scale`), the exact factors of [`dequantize_row`]: value = scale·q.
+pub fn row_groups16(bytes: &[u8], q: &mut [i8], scales: &mut [f32]) -> Result<()> {
+    if !q.len().is_multiple_of(QK_K)
+        || scales.len() != q.len() / 16
+        || bytes.len() < q.len() / QK_K * BLOCK_BYTES
+    {
+        return Err(Error::format(
+            FMT,
+            format!(
+                "row_groups16: {} bytes, {} quants, {} scales",
+                bytes.len(),
+                q.len(),
+                scales.len()
+            ),
+        ));
+    }
+    let mut qb = [0u8; QK_K];
+    for ((b, qo), so) in bytes
+        .chunks_exact(BLOCK_BYTES)
+        .zip(q.chunks_exact_mut(QK_K))
+        .zip(scales.chunks_exact_mut(QK_K / 16))
+    {
+        let d = block_d(b);
+        block_quants(b, &mut qb);
+        for (o, &v) in qo.iter_mut().zip(qb.iter()) {
+            *o = (v as i32 - 32) as i8;
+        }
+        for (j, s) in so.iter_mut().enumerate() {
+            *s = d * (b[192 + j] as i8) as f32;
+        }
+    }
+    Ok(())
+}
+
 /// Dequantize a whole `rows × cols` tensor.
 pub fn dequantize(bytes: &[u8], rows: usize, cols: usize) -> Result<Vec<f32>> {
     let n = check_shape(rows, cols)?;
