@@ -13,8 +13,9 @@
 //!   `count`, `join`, `items`, `keys`, `values`, `get`), through minijinja's unknown-method
 //!   hook; minijinja-contrib's `pycompat` is not a dependency.
 //!
-//! Not supported: `{% break %}`/`{% continue %}` (minijinja's `loop_controls` feature is off),
-//! `{% generation %}`, `strftime_now`; templates using them fail with an error, not silently.
+//! `{% break %}` and `{% continue %}` work (Jinja2's loop-controls extension, which HF
+//! enables). Not supported: `{% generation %}`, `strftime_now`; templates using them fail
+//! with an error, not silently.
 
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, ErrorKind, State};
@@ -455,6 +456,24 @@ mod tests {
             "1 7 None"
         );
         assert!(render("{{ 'x'.nosuchmethod() }}").is_err());
+    }
+
+    #[test]
+    fn loop_controls() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}\
+             {{ m.content }};{% if m.content == 'stop' %}{% break %}{% endif %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let msgs = [
+            Message::system("sys"),
+            Message::user("a"),
+            Message::assistant("stop"),
+            Message::user("never"),
+        ];
+        assert_eq!(t.render(&msgs, false).unwrap(), "a;stop;");
     }
 
     #[test]
