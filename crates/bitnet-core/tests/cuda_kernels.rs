@@ -158,6 +158,59 @@ fn fused_gate_up_relu2_matches_cpu_exactly() {
 }
 
 #[test]
+fn fused_qkv_rope_decode_equals_gemv_then_rope_kv() {
+    // The decode q|k|v product with RoPE and the cache append in its epilogue gives exactly
+    // what the product followed by rope_kv gives (both checked against the CPU elsewhere).
+    let Some((dev, s)) = device() else { return };
+    let mut rng = StdRng::seed_from_u64(0x9E0);
+    for (nh, nkv, hd, style, bias) in [
+        (20usize, 5usize, 128usize, RopeStyle::Neox, false),
+        (4, 2, 64, RopeStyle::Interleaved, true),
+        (2, 1, 32, RopeStyle::Neox, false),
+    ] {
+        let k = 2560;
+        let max_ctx = 300;
+        let d = AttnDims {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            max_ctx,
+        };
+        let parts = [nh * hd, nkv * hd, nkv * hd].map(|n| random_bitlinear(&mut rng, n, k, bias));
+        let w = DevTernary::from_bitlinear(&dev, &s, &[&parts[0], &parts[1], &parts[2]], false)
+            .unwrap();
+        let q: Vec<i8> = (0..k).map(|_| rng.random_range(-127i8..=127)).collect();
+        let acts = DevActs::upload(&dev, &s, &q, &[0.013], k).unwrap();
+        let rope = RopeTables::new(&dev, &s, hd, max_ctx, 10000.0, style).unwrap();
+        let pos = 211i32;
+        let ctl = dev.upload(&s, &[pos, 1, 0]).unwrap();
+        let mut out = Vec::new();
+        for fused in [false, true] {
+            let mut kc = dev.alloc::<u16>(d.cache_len()).unwrap();
+            let mut vc = dev.alloc::<u16>(d.cache_len()).unwrap();
+            kc.fill_bytes(&s, 0).unwrap();
+            vc.fill_bytes(&s, 0).unwrap();
+            let mut qkv = dev.alloc::<f32>(d.qkv_width()).unwrap();
+            if fused {
+                ops::qkv_rope_decode(
+                    &dev, &s, &w, &acts, &mut qkv, &mut kc, &mut vc, &rope, &ctl, d,
+                )
+                .unwrap();
+            } else {
+                matmul(&dev, &s, &w, &acts, 1, &mut qkv, Epilogue::Store, false).unwrap();
+                ops::rope_kv(&dev, &s, &mut qkv, 1, &mut kc, &mut vc, &rope, &ctl, d).unwrap();
+            }
+            let qv = qkv.read(&s, nh * hd).unwrap();
+            out.push((qv, kc.to_vec(&s).unwrap(), vc.to_vec(&s).unwrap()));
+        }
+        assert_bits_eq("rotated q", &out[1].0, &out[0].0);
+        assert_eq!(out[1].1, out[0].1, "k cache");
+        assert_eq!(out[1].2, out[0].2, "v cache");
+        eprintln!("q|k|v + rope + kv fused, heads {nh}/{nkv} hd {hd} {style:?}: exact");
+    }
+}
+
+#[test]
 fn rmsnorm_quant_and_rmsnorm_match_cpu() {
     let Some((dev, s)) = device() else { return };
     let mut rng = StdRng::seed_from_u64(0x4E0);

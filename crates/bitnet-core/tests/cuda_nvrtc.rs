@@ -21,6 +21,7 @@ fn all_kernels_compile_with_nvrtc() {
         };
         for name in [
             "tern_gemv",
+            "tern_gemv_qkv",
             "tern_gemm",
             "rmsnorm_quant",
             "rmsnorm_f32",

@@ -39,7 +39,7 @@ pub struct CudaOptions {
     /// Capture the decode step in a CUDA graph and replay it.
     pub use_graph: bool,
     /// Decode with the persistent kernel (all layers in one launch) where the model's
-    /// shapes allow it, instead of ten launches per layer. Off by default: on the H100 it
+    /// shapes allow it, instead of nine launches per layer. Off by default: on the H100 it
     /// is correct but slower so far (BENCHMARKS.md, "persistent decode kernel").
     pub persistent_decode: bool,
     /// Blocks per multiprocessor of the persistent kernel (at most what fits).
@@ -383,9 +383,10 @@ impl CudaModel {
         Ok(())
     }
 
-    /// Queue the layers for `m` tokens whose ids and first position are in `ctl`, ten
-    /// launches per layer. One token takes the matrix-vector kernels and the split
-    /// attention; more tokens take the tensor-core products. Under programmatic dependent
+    /// Queue the layers for `m` tokens whose ids and first position are in `ctl`. One token
+    /// takes the matrix-vector kernels (RoPE and the cache append fused into the q|k|v
+    /// product) and the split attention, nine launches per layer; more tokens take the
+    /// tensor-core products, ten. Under programmatic dependent
     /// launch (sm_90) each product's weights stream in while the previous kernel finishes.
     fn enqueue_layers(&mut self, m: usize, max_positions: usize, best: bool) -> Result<()> {
         let c = &self.config;
@@ -399,30 +400,18 @@ impl CudaModel {
             let (acts, pr) = (&mut self.acts, &mut self.prof);
             ops::rmsnorm_quant(dev, s, &self.x, 0, m, h, &l.attn_norm, eps, acts)?;
             mark(pr, s, "norm→int8 (attn)")?;
-            matmul(
-                dev,
-                s,
-                &l.qkv,
-                acts,
-                m,
-                &mut self.qkv,
-                Epilogue::Store,
-                false,
-            )?;
-            mark(pr, s, "gemv/gemm qkv")?;
-            let (kc, vc) = (&mut l.kc, &mut l.vc);
-            ops::rope_kv(
-                dev,
-                s,
-                &mut self.qkv,
-                m,
-                kc,
-                vc,
-                &self.rope,
-                &self.ctl,
-                self.dims,
-            )?;
-            mark(pr, s, "rope+kv")?;
+            let (kc, vc, r, c) = (&mut l.kc, &mut l.vc, &self.rope, &self.ctl);
+            if m == 1 {
+                let q = &mut self.qkv;
+                ops::qkv_rope_decode(dev, s, &l.qkv, acts, q, kc, vc, r, c, self.dims)?;
+                mark(pr, s, "gemv qkv + rope + kv")?;
+            } else {
+                let (q, epi) = (&mut self.qkv, Epilogue::Store);
+                matmul(dev, s, &l.qkv, acts, m, q, epi, false)?;
+                mark(pr, s, "gemm qkv")?;
+                ops::rope_kv(dev, s, q, m, kc, vc, r, c, self.dims)?;
+                mark(pr, s, "rope+kv")?;
+            }
             if split_attn {
                 let sc = &mut self.att_scratch;
                 attention_decode(

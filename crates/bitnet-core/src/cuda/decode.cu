@@ -210,23 +210,6 @@ __device__ __forceinline__ void dk_dot2(const uint4* w0, const uint4* w1, int kw
     a1 = warp_sum_i(a1);
 }
 
-// The two rows of pair p of the fused q|k|v matrix: for q and k heads the two rows one
-// rotation mixes (j and j + hd/2 for rotate-half, 2j and 2j + 1 for interleaved), for v
-// two adjacent rows.
-__device__ __forceinline__ void qkv_rows(int p, int nh, int nkv, int hd, int neox, int& r0,
-                                         int& r1) {
-    int hh = hd >> 1;
-    int qk = (nh + nkv) * hh;
-    if (p < qk) {
-        int head = p / hh, j = p - head * hh;
-        r0 = head * hd + (neox ? j : 2 * j);
-        r1 = head * hd + (neox ? j + hh : 2 * j + 1);
-    } else {
-        r0 = (nh + nkv) * hd + 2 * (p - qk);
-        r1 = r0 + 1;
-    }
-}
-
 // The products of a layer: which rows a pair takes and what its epilogue writes.
 #define ST_QKV 0  // q|k|v, RoPE, cache append
 #define ST_O 1    // x += o
@@ -302,7 +285,6 @@ __device__ __forceinline__ void dk_product(int st, const uint4* W, const float* 
         // The epilogue's inputs are loaded before the dot products, so that their latency
         // overlaps them instead of following them.
         float s0 = 0.0f, s1 = 0.0f, b0 = 0.0f, b1 = 0.0f, e0 = 0.0f, e1 = 0.0f;
-        int head = 0;
         if (lane == 0) {
             s0 = rs[r0];
             s1 = rs[r1];
@@ -311,10 +293,8 @@ __device__ __forceinline__ void dk_product(int st, const uint4* W, const float* 
                 b1 = bias[r1];
             }
             if (st == ST_QKV) {
-                head = r0 / o.hd;
-                if (head < o.nh + o.nkv) {
-                    int i0 = r0 - head * o.hd;
-                    size_t t = (size_t)o.pos * (o.hd >> 1) + (o.neox ? i0 : i0 >> 1);
+                int t = qkv_rope_at(r0, o.nh, o.nkv, o.hd, o.neox, o.pos);
+                if (t >= 0) {
                     e0 = o.cosT[t];
                     e1 = o.sinT[t];
                 }
@@ -334,26 +314,8 @@ __device__ __forceinline__ void dk_product(int st, const uint4* W, const float* 
                 v1 = v1 + b1;
             }
             if (st == ST_QKV) {
-                int hd = o.hd;
-                if (head < o.nh + o.nkv) {
-                    int i0 = r0 - head * hd, i1 = r1 - head * hd;
-                    float y0 = v0 * e0 - v1 * e1;
-                    float y1 = v1 * e0 + v0 * e1;
-                    if (head < o.nh) {
-                        __stcg(o.q + r0, y0);
-                        __stcg(o.q + r1, y1);
-                    } else {
-                        size_t at = ((size_t)(head - o.nh) * o.max_ctx + o.pos) * hd;
-                        o.kc[at + i0] = f2h(y0);
-                        o.kc[at + i1] = f2h(y1);
-                    }
-                } else {
-                    int vi = r0 - (o.nh + o.nkv) * hd;
-                    int kvh = vi / hd;
-                    size_t at = ((size_t)kvh * o.max_ctx + o.pos) * hd + (vi - kvh * hd);
-                    o.vc[at] = f2h(v0);
-                    o.vc[at + 1] = f2h(v1);
-                }
+                qkv_rope_store(r0, r1, v0, v1, e0, e1, o.q, o.kc, o.vc, o.pos, o.nh, o.nkv,
+                               o.hd, o.max_ctx);
             } else if (st == ST_GU) {
                 float rg = fmaxf(v0, 0.0f);
                 __stcg(o.ffn + p, rg * rg * v1);

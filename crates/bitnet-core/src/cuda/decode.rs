@@ -1,6 +1,6 @@
 //! The persistent decode kernel (`decode.cu`): all layers of one decode step in one
 //! cooperative launch, grid-wide barriers between the five stages of a layer, instead of
-//! ten dependent launches per layer.
+//! nine dependent launches per layer.
 
 use super::ops::{AttnDims, RopeTables};
 use super::ternary::DevTernary;

@@ -154,6 +154,7 @@ fn no_driver() -> Error {
 #[repr(usize)]
 pub(crate) enum K {
     TernGemv,
+    TernGemvQkv,
     TernGemm,
     RmsnormQuant,
     RmsnormF32,
@@ -174,6 +175,7 @@ pub(crate) enum K {
 
 const KERNEL_NAMES: &[(K, &str)] = &[
     (K::TernGemv, "tern_gemv"),
+    (K::TernGemvQkv, "tern_gemv_qkv"),
     (K::TernGemm, "tern_gemm"),
     (K::RmsnormQuant, "rmsnorm_quant"),
     (K::RmsnormF32, "rmsnorm_f32"),
@@ -701,13 +703,13 @@ impl CudaDevice {
         args: &[Arg],
         cooperative: bool,
     ) -> Result<()> {
-        if args.len() > 16 {
+        if args.len() > 24 {
             return Err(Error::Unsupported("too many kernel arguments".into()));
         }
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        let mut ptrs: [*mut c_void; 16] = [std::ptr::null_mut(); 16];
+        let mut ptrs: [*mut c_void; 24] = [std::ptr::null_mut(); 24];
         for (p, a) in ptrs.iter_mut().zip(args.iter()) {
             *p = match a {
                 Arg::P(v) => v as *const u64 as *mut c_void,

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::ternary::{padded_cols, DevActs};
+use super::ternary::{padded_cols, DevActs, DevTernary};
 use super::{Arg, CudaDevice, DevBuf, Stream, K};
 use crate::error::{Error, Result};
 use crate::nn::rope::RopeStyle;
@@ -251,6 +251,76 @@ pub fn rope_kv(
             Arg::P(rope.cos.ptr()),
             Arg::P(rope.sin.ptr()),
             Arg::P(ctl.ptr()),
+            Arg::I(d.n_heads as i32),
+            Arg::I(d.n_kv_heads as i32),
+            Arg::I(d.head_dim as i32),
+            Arg::I(d.max_ctx as i32),
+            Arg::I(rope.neox as i32),
+        ],
+    )
+}
+
+/// One token's q|k|v product with RoPE and the cache append fused in (what [`matmul`]
+/// into `qkv` followed by [`rope_kv`] computes, in one launch): `w` is the fused q|k|v
+/// matrix, `x` the token's int8 activations; q (rotated) goes to `q[..n_heads·head_dim]`,
+/// k and v to the caches at position `ctl[0]`.
+///
+/// [`matmul`]: super::ternary::matmul
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope_decode(
+    dev: &CudaDevice,
+    stream: &Stream,
+    w: &DevTernary,
+    x: &DevActs,
+    q: &mut DevBuf<f32>,
+    kc: &mut DevBuf<u16>,
+    vc: &mut DevBuf<u16>,
+    rope: &RopeTables,
+    ctl: &DevBuf<i32>,
+    d: AttnDims,
+) -> Result<()> {
+    d.check()?;
+    need(
+        "cuda::qkv_rope_decode",
+        w.rows() == d.qkv_width()
+            && x.kp == w.kp()
+            && x.k == w.cols()
+            && x.rows >= 1
+            && q.len() >= d.n_heads * d.head_dim
+            && kc.len() >= d.cache_len()
+            && vc.len() >= d.cache_len()
+            && rope.head_dim == d.head_dim
+            && rope.max_pos >= d.max_ctx,
+        || {
+            format!(
+                "a {}×{} matrix and buffers that do not fit {d:?}",
+                w.rows(),
+                w.cols()
+            )
+        },
+    )?;
+    let [wp, sp, bp] = w.ptrs();
+    let pairs = d.qkv_width() / 2;
+    dev.launch(
+        K::TernGemvQkv,
+        stream,
+        ((pairs * 32).div_ceil(128) as u32, 1, 1),
+        (128, 1, 1),
+        0,
+        &[
+            Arg::P(wp),
+            Arg::P(x.q.ptr()),
+            Arg::P(x.f.ptr()),
+            Arg::P(x.s.ptr()),
+            Arg::P(sp),
+            Arg::P(bp),
+            Arg::P(q.ptr()),
+            Arg::P(kc.ptr()),
+            Arg::P(vc.ptr()),
+            Arg::P(rope.cos.ptr()),
+            Arg::P(rope.sin.ptr()),
+            Arg::P(ctl.ptr()),
+            Arg::I((w.kp() / 64) as i32),
             Arg::I(d.n_heads as i32),
             Arg::I(d.n_kv_heads as i32),
             Arg::I(d.head_dim as i32),

@@ -38,23 +38,15 @@ __device__ __forceinline__ float tern_value(int acc, int xs, float rs, float xf,
     return v;
 }
 
-// Matrix-vector product for one token. Each warp computes two adjacent rows (so that a
-// gate/up pair of the fused FFN matrix lands in one warp) over the whole row, four
-// independent 16-byte weight loads per row in flight per lane; 4 warps per block, so
-// N = 2560 gives 320 blocks, more than two per SM. The first batch of weights (for
-// K ≤ 8192, the whole row) is loaded before PDL_WAIT: under programmatic dependent launch
-// it streams in while the previous kernel (the norm) still runs.
+// Σ c·x of rows r0 and r1 (whole warp; only meaningful when `live`) against one int8
+// token, four independent 16-byte weight loads per row in flight per lane. The first batch
+// (for K ≤ 8192, the whole row) is loaded before PDL_WAIT: under programmatic dependent
+// launch it streams in while the previous kernel (the norm) still runs.
 #define GEMV_UNROLL 4
-extern "C" __global__ void __launch_bounds__(128)
-tern_gemv(const uint4* __restrict__ W, const i8* __restrict__ xq,
-          const float* __restrict__ xf, const i32* __restrict__ xs,
-          const float* __restrict__ rs, const float* __restrict__ bias,
-          float* __restrict__ out, int N, int kw, int mode) {
-    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+__device__ __forceinline__ void gemv_rows2(const uint4* __restrict__ W,
+                                           const i8* __restrict__ xq, int kw, int r0, int r1,
+                                           bool live, int& a0, int& a1) {
     int lane = threadIdx.x & 31;
-    int r0 = warp * 2;
-    bool live = r0 < N;
-    int r1 = r0 + 1 < N ? r0 + 1 : r0;
     const uint4* w0 = W + (size_t)r0 * kw;
     const uint4* w1 = W + (size_t)r1 * kw;
     uint4 p0[GEMV_UNROLL], p1[GEMV_UNROLL];
@@ -71,9 +63,10 @@ tern_gemv(const uint4* __restrict__ W, const i8* __restrict__ xq,
     }
     PDL_WAIT();
     PDL_LAUNCH();
+    a0 = 0;
+    a1 = 0;
     if (!live) return;
     const int4* x4 = (const int4*)xq;
-    int a0 = 0, a1 = 0;
     for (int j0 = lane;;) {
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
@@ -101,7 +94,24 @@ tern_gemv(const uint4* __restrict__ W, const i8* __restrict__ xq,
     }
     a0 = warp_sum_i(a0);
     a1 = warp_sum_i(a1);
-    if (lane != 0) return;
+}
+
+// Matrix-vector product for one token. Each warp computes two adjacent rows (so that a
+// gate/up pair of the fused FFN matrix lands in one warp) over the whole row; 4 warps per
+// block, so N = 2560 gives 320 blocks, more than two per SM.
+extern "C" __global__ void __launch_bounds__(128)
+tern_gemv(const uint4* __restrict__ W, const i8* __restrict__ xq,
+          const float* __restrict__ xf, const i32* __restrict__ xs,
+          const float* __restrict__ rs, const float* __restrict__ bias,
+          float* __restrict__ out, int N, int kw, int mode) {
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    int r0 = warp * 2;
+    bool live = r0 < N;
+    int r1 = r0 + 1 < N ? r0 + 1 : r0;
+    int a0, a1;
+    gemv_rows2(W, xq, kw, r0, r1, live, a0, a1);
+    if (!live || lane != 0) return;
     float f = xf[0];
     int s = xs[0];
     float v0 = tern_value(a0, s, rs[r0], f, bias, r0);
@@ -124,6 +134,89 @@ tern_gemv(const uint4* __restrict__ W, const i8* __restrict__ xq,
             out[r1] = v1;
         }
     }
+}
+
+// The two rows of pair p of a fused q|k|v matrix: for q and k heads the two rows one
+// rotation mixes (j and j + hd/2 for rotate-half, 2j and 2j + 1 for interleaved), for v
+// two adjacent rows.
+__device__ __forceinline__ void qkv_rows(int p, int nh, int nkv, int hd, int neox, int& r0,
+                                         int& r1) {
+    int hh = hd >> 1;
+    int qk = (nh + nkv) * hh;
+    if (p < qk) {
+        int head = p / hh, j = p - head * hh;
+        r0 = head * hd + (neox ? j : 2 * j);
+        r1 = head * hd + (neox ? j + hh : 2 * j + 1);
+    } else {
+        r0 = (nh + nkv) * hd + 2 * (p - qk);
+        r1 = r0 + 1;
+    }
+}
+
+// Where the rotation of q|k|v pair (r0, r1) reads its cos/sin (index into the tables), or
+// -1 for a v pair.
+__device__ __forceinline__ int qkv_rope_at(int r0, int nh, int nkv, int hd, int neox, int pos) {
+    int head = r0 / hd;
+    if (head >= nh + nkv) return -1;
+    int i0 = r0 - head * hd;
+    return pos * (hd >> 1) + (neox ? i0 : i0 >> 1);
+}
+
+// Store the values v0, v1 of q|k|v pair (r0, r1) for the token at `pos`, as rope_kv does:
+// q rotated (by c, s) into q[r], k rotated and v as they are into the f16 caches
+// ([kv_head][position][hd]).
+__device__ __forceinline__ void qkv_rope_store(int r0, int r1, float v0, float v1, float c,
+                                               float s, float* q, u16* kc, u16* vc, int pos,
+                                               int nh, int nkv, int hd, int max_ctx) {
+    int head = r0 / hd;
+    if (head < nh + nkv) {
+        int i0 = r0 - head * hd, i1 = r1 - head * hd;
+        float y0 = v0 * c - v1 * s;
+        float y1 = v1 * c + v0 * s;
+        if (head < nh) {
+            __stcg(q + r0, y0);
+            __stcg(q + r1, y1);
+        } else {
+            size_t at = ((size_t)(head - nh) * max_ctx + pos) * hd;
+            kc[at + i0] = f2h(y0);
+            kc[at + i1] = f2h(y1);
+        }
+    } else {
+        int vi = r0 - (nh + nkv) * hd;
+        int kvh = vi / hd;
+        size_t at = ((size_t)kvh * max_ctx + pos) * hd + (vi - kvh * hd);
+        vc[at] = f2h(v0);
+        vc[at + 1] = f2h(v1);
+    }
+}
+
+// Decode q|k|v product with RoPE and the cache append fused in (replaces tern_gemv +
+// rope_kv for one token): warp w takes q|k|v pair w (see qkv_rows), q goes to q[0..nh·hd),
+// k and v to the caches at position ctl[0].
+extern "C" __global__ void __launch_bounds__(128)
+tern_gemv_qkv(const uint4* __restrict__ W, const i8* __restrict__ xq,
+              const float* __restrict__ xf, const i32* __restrict__ xs,
+              const float* __restrict__ rs, const float* __restrict__ bias,
+              float* __restrict__ q, u16* __restrict__ kc, u16* __restrict__ vc,
+              const float* __restrict__ cosT, const float* __restrict__ sinT,
+              const i32* __restrict__ ctl, int kw, int nh, int nkv, int hd, int max_ctx,
+              int neox) {
+    int pair = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    bool live = pair < ((nh + 2 * nkv) * hd) >> 1;
+    int r0 = 0, r1 = 0;
+    if (live) qkv_rows(pair, nh, nkv, hd, neox, r0, r1);
+    int a0, a1;
+    gemv_rows2(W, xq, kw, r0, r1, live, a0, a1);
+    if (!live || lane != 0) return;
+    int pos = ctl[0];
+    int t = qkv_rope_at(r0, nh, nkv, hd, neox, pos);
+    float c = t >= 0 ? cosT[t] : 0.0f, s = t >= 0 ? sinT[t] : 0.0f;
+    float f = xf[0];
+    int xsum = xs[0];
+    float v0 = tern_value(a0, xsum, rs[r0], f, bias, r0);
+    float v1 = tern_value(a1, xsum, rs[r1], f, bias, r1);
+    qkv_rope_store(r0, r1, v0, v1, c, s, q, kc, vc, pos, nh, nkv, hd, max_ctx);
 }
 
 // Matrix-matrix product for prefill on the int8 tensor cores (mma.sync m16n8k32 s8·s8→s32).
