@@ -200,95 +200,32 @@ __device__ __forceinline__ void block_argmax_commit(u64 key, u64* best) {
     }
 }
 
-// LM head: logits[r][v] = Σ_k W[v][k]·x[r][k], W in f16 (V × H, H % 8 == 0), f32
-// accumulation, up to 8 rows of x per pass over W. Each warp takes HEAD_RPW consecutive
-// vocabulary rows; with `best` non-null (one row of x) the block's arg-max is folded into
-// *best with one atomic per block, so greedy decoding reads back 8 bytes, not the logits.
+// LM head: logits[r][v] = Σ_k W[v][k]·x[r][k], f32 accumulation, up to 8 rows of x per pass
+// over W. W is either f16 (head_gemv; H % 8 == 0, one 16-byte load = 8 weights) or int8 with
+// one f32 scale per 16 weights (head_i8, the exact factors of a Q6_K, Q8_0 or int8-row head:
+// Σ_g S[v][g]·Σ_{i<16} W[v][16g+i]·x[16g+i]; H % 16 == 0, one load = one group). Each warp
+// takes HEAD_RPW consecutive vocabulary rows; with `best` non-null (one row of x) the
+// block's arg-max is folded into *best with one atomic per block, so greedy decoding reads
+// back 8 bytes, not the logits.
 #define HEAD_RPW 4
 #define HEAD_MAXR 8
-extern "C" __global__ void __launch_bounds__(256)
-head_gemv(const uint4* __restrict__ W, const float* __restrict__ x, float* __restrict__ logits,
-          int V, int H, int rows, u64* best) {
-    int lane = threadIdx.x & 31;
-    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
-    int hw = H >> 3;
-    u64 key = 0ull;
-    // The first batch of the first row is loaded before PDL_WAIT (weights are constant).
-    uint4 p[4];
-    {
-        int v = warp * HEAD_RPW;
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            int j = lane + 32 * u;
-            p[u] = v < V && j < hw ? ld_stream(W + (size_t)v * hw + j) : make_uint4(0, 0, 0, 0);
-        }
-    }
-    PDL_WAIT();
-    PDL_LAUNCH();
-    bool first = true;
-    for (int rr = 0; rr < HEAD_RPW; rr++) {
-        int v = warp * HEAD_RPW + rr;
-        if (v >= V) break;
-        const uint4* wr = W + (size_t)v * hw;
-        float acc[HEAD_MAXR];
-#pragma unroll
-        for (int r = 0; r < HEAD_MAXR; r++) acc[r] = 0.0f;
-        for (int j0 = lane; j0 < hw; j0 += 128) {
-            if (!first) {
-#pragma unroll
-                for (int u = 0; u < 4; u++) {
-                    int j = j0 + 32 * u;
-                    p[u] = j < hw ? ld_stream(wr + j) : make_uint4(0, 0, 0, 0);
-                }
-            }
-            first = false;
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                int j = j0 + 32 * u;
-                if (j >= hw) break;
-                float wf[8];
-                wf[0] = h2f((u16)(p[u].x & 0xffff)); wf[1] = h2f((u16)(p[u].x >> 16));
-                wf[2] = h2f((u16)(p[u].y & 0xffff)); wf[3] = h2f((u16)(p[u].y >> 16));
-                wf[4] = h2f((u16)(p[u].z & 0xffff)); wf[5] = h2f((u16)(p[u].z >> 16));
-                wf[6] = h2f((u16)(p[u].w & 0xffff)); wf[7] = h2f((u16)(p[u].w >> 16));
-#pragma unroll
-                for (int r = 0; r < HEAD_MAXR; r++) {
-                    if (r < rows) {
-                        const float4* xr = (const float4*)(x + (size_t)r * H) + 2 * j;
-                        float4 xa = __ldg(xr), xb = __ldg(xr + 1);
-                        acc[r] += wf[0] * xa.x + wf[1] * xa.y + wf[2] * xa.z + wf[3] * xa.w +
-                                  wf[4] * xb.x + wf[5] * xb.y + wf[6] * xb.z + wf[7] * xb.w;
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < HEAD_MAXR; r++) {
-            if (r < rows) {
-                float s = warp_sum(acc[r]);
-                if (lane == 0) logits[(size_t)r * V + v] = s;
-                if (r == 0) key = umax64(key, argmax_key(s, (u32)v));
-            }
-        }
-    }
-    if (best) block_argmax_commit(key, best);
-}
 
-// LM head on int8 weights with one f32 scale per 16 (the exact factors of a Q6_K, Q8_0
-// or int8-row head): logits[r][v] = Σ_g S[v][g]·Σ_{i<16} W[v][16g+i]·x[r][16g+i], H % 16
-// == 0. Same work split and arg-max as head_gemv; one 16-byte load covers a group.
 __device__ __forceinline__ float dot4_i8(u32 w, float4 x) {
     return (float)((int)(w << 24) >> 24) * x.x + (float)((int)(w << 16) >> 24) * x.y +
            (float)((int)(w << 8) >> 24) * x.z + (float)((int)w >> 24) * x.w;
 }
 
-extern "C" __global__ void __launch_bounds__(256)
-head_i8(const uint4* __restrict__ W, const float* __restrict__ S, const float* __restrict__ x,
-        float* __restrict__ logits, int V, int H, int rows, u64* best) {
+template <bool I8>
+__device__ __forceinline__ void head_impl(const uint4* __restrict__ W,
+                                          const float* __restrict__ S,
+                                          const float* __restrict__ x,
+                                          float* __restrict__ logits, int V, int H, int rows,
+                                          u64* best) {
     int lane = threadIdx.x & 31;
     int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
-    int hw = H >> 4;
+    int hw = I8 ? H >> 4 : H >> 3;
     u64 key = 0ull;
+    // The first batch of the first row is loaded before PDL_WAIT (weights are constant).
     uint4 p[4];
     float sc[4];
     {
@@ -298,7 +235,7 @@ head_i8(const uint4* __restrict__ W, const float* __restrict__ S, const float* _
             int j = lane + 32 * u;
             bool ok = v < V && j < hw;
             p[u] = ok ? ld_stream(W + (size_t)v * hw + j) : make_uint4(0, 0, 0, 0);
-            sc[u] = ok ? __ldg(S + (size_t)v * hw + j) : 0.0f;
+            sc[u] = I8 && ok ? __ldg(S + (size_t)v * hw + j) : 0.0f;
         }
     }
     PDL_WAIT();
@@ -308,7 +245,6 @@ head_i8(const uint4* __restrict__ W, const float* __restrict__ S, const float* _
         int v = warp * HEAD_RPW + rr;
         if (v >= V) break;
         const uint4* wr = W + (size_t)v * hw;
-        const float* sr = S + (size_t)v * hw;
         float acc[HEAD_MAXR];
 #pragma unroll
         for (int r = 0; r < HEAD_MAXR; r++) acc[r] = 0.0f;
@@ -318,7 +254,7 @@ head_i8(const uint4* __restrict__ W, const float* __restrict__ S, const float* _
                 for (int u = 0; u < 4; u++) {
                     int j = j0 + 32 * u;
                     p[u] = j < hw ? ld_stream(wr + j) : make_uint4(0, 0, 0, 0);
-                    sc[u] = j < hw ? __ldg(sr + j) : 0.0f;
+                    if (I8) sc[u] = j < hw ? __ldg(S + (size_t)v * hw + j) : 0.0f;
                 }
             }
             first = false;
@@ -326,13 +262,30 @@ head_i8(const uint4* __restrict__ W, const float* __restrict__ S, const float* _
             for (int u = 0; u < 4; u++) {
                 int j = j0 + 32 * u;
                 if (j >= hw) break;
+                if (I8) {
 #pragma unroll
-                for (int r = 0; r < HEAD_MAXR; r++) {
-                    if (r < rows) {
-                        const float4* xr = (const float4*)(x + (size_t)r * H) + 4 * j;
-                        float g = dot4_i8(p[u].x, __ldg(xr)) + dot4_i8(p[u].y, __ldg(xr + 1)) +
-                                  dot4_i8(p[u].z, __ldg(xr + 2)) + dot4_i8(p[u].w, __ldg(xr + 3));
-                        acc[r] += sc[u] * g;
+                    for (int r = 0; r < HEAD_MAXR; r++) {
+                        if (r < rows) {
+                            const float4* xr = (const float4*)(x + (size_t)r * H) + 4 * j;
+                            float g = dot4_i8(p[u].x, __ldg(xr)) + dot4_i8(p[u].y, __ldg(xr + 1)) +
+                                      dot4_i8(p[u].z, __ldg(xr + 2)) + dot4_i8(p[u].w, __ldg(xr + 3));
+                            acc[r] += sc[u] * g;
+                        }
+                    }
+                } else {
+                    float wf[8];
+                    wf[0] = h2f((u16)(p[u].x & 0xffff)); wf[1] = h2f((u16)(p[u].x >> 16));
+                    wf[2] = h2f((u16)(p[u].y & 0xffff)); wf[3] = h2f((u16)(p[u].y >> 16));
+                    wf[4] = h2f((u16)(p[u].z & 0xffff)); wf[5] = h2f((u16)(p[u].z >> 16));
+                    wf[6] = h2f((u16)(p[u].w & 0xffff)); wf[7] = h2f((u16)(p[u].w >> 16));
+#pragma unroll
+                    for (int r = 0; r < HEAD_MAXR; r++) {
+                        if (r < rows) {
+                            const float4* xr = (const float4*)(x + (size_t)r * H) + 2 * j;
+                            float4 xa = __ldg(xr), xb = __ldg(xr + 1);
+                            acc[r] += wf[0] * xa.x + wf[1] * xa.y + wf[2] * xa.z + wf[3] * xa.w +
+                                      wf[4] * xb.x + wf[5] * xb.y + wf[6] * xb.z + wf[7] * xb.w;
+                        }
                     }
                 }
             }
@@ -347,6 +300,18 @@ head_i8(const uint4* __restrict__ W, const float* __restrict__ S, const float* _
         }
     }
     if (best) block_argmax_commit(key, best);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+head_gemv(const uint4* __restrict__ W, const float* __restrict__ x, float* __restrict__ logits,
+          int V, int H, int rows, u64* best) {
+    head_impl<false>(W, nullptr, x, logits, V, H, rows, best);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+head_i8(const uint4* __restrict__ W, const float* __restrict__ S, const float* __restrict__ x,
+        float* __restrict__ logits, int V, int H, int rows, u64* best) {
+    head_impl<true>(W, S, x, logits, V, H, rows, best);
 }
 
 // Arg-max of a vector into *best (which the caller zeroes first); grid-stride blocks.
