@@ -118,7 +118,12 @@ pub fn make_runner<'m>(
             };
             match CudaModel::with_options(model, n, opts) {
                 Ok(m) => {
-                    eprintln!("device: {} (cuda:{n})", m.device_name());
+                    eprintln!(
+                        "device: {} (cuda:{n}); {:.0} MiB of weights on the GPU, LM head {}",
+                        m.device_name(),
+                        m.weight_bytes() as f64 / (1 << 20) as f64,
+                        m.head_format()
+                    );
                     if kv == KvDType::F32 {
                         eprintln!(
                             "note: the CUDA KV cache is f16; --kv-type f32 applies to the CPU only"

@@ -9,13 +9,12 @@
 //   3. RMSNorm→int8 of the attention output → o rows, x += o                  | barrier
 //   4. RMSNorm→int8 of x → gate/up row pairs, relu(gate)²·up                  | barrier
 //   5. RMSNorm→int8 of the FFN activations → down rows, x += down            | barrier
-// Before each barrier a warp loads the first weights of its next product into registers,
-// and the rows of its later pairs are prefetched into L2 a stage or more ahead (all of a
-// layer's o, gate/up and down rows when the layer starts, the next layer's q|k|v rows
-// during the down stage), so the weight stream runs under the barriers and norms. The arithmetic is the same as the separate
-// kernels' (rmsnorm_quant, tern_gemv, rope_kv, attn_decode): f64 sum of squares, exact
-// integer dot products, the same epilogue expressions; attention is attention.cu's
-// attn_decode_item with 8 warps. Data written in this kernel by other blocks is read
+// Each warp streams its weight rows through a ring of shared-memory slots with cp.async,
+// and queues the first pairs of its next product before each barrier (weights are
+// constant), so the weight stream runs under the barriers and norms. The arithmetic is the
+// same as the separate kernels' (rmsnorm_quant, tern_gemv, rope_kv, attn_decode): f64 sum
+// of squares, exact integer dot products, the same epilogue expressions; attention is
+// attention.cu's attn_decode_item with 8 warps. Data written in this kernel by other blocks is read
 // through L2 (ld.global.cg), never through the incoherent L1/texture path.
 
 #define DK_THREADS 256
@@ -23,7 +22,6 @@
 #ifndef DK_MIN_BLOCKS
 #define DK_MIN_BLOCKS 1  // blocks per SM the register budget is cut for (2 spills)
 #endif
-#define DK_U 4
 
 // Per-layer device pointers, 18 × 8 bytes (the Rust side writes them as u64 words).
 struct DecLayer {
@@ -165,51 +163,6 @@ __device__ __forceinline__ void dk_mark(u64* times, int& tk) {
     if (times != nullptr && blockIdx.x == 0 && threadIdx.x == 0) times[tk++] = globaltimer();
 }
 
-// First batch of a warp's two weight rows (before a barrier, or for the next pair).
-__device__ __forceinline__ void dk_wload(const uint4* w0, const uint4* w1, int kw, int j0,
-                                         uint4 (&p0)[DK_U], uint4 (&p1)[DK_U]) {
-#pragma unroll
-    for (int u = 0; u < DK_U; u++) {
-        int j = j0 + 32 * u;
-        if (j < kw) {
-            p0[u] = ld_stream(w0 + j);
-            p1[u] = ld_stream(w1 + j);
-        } else {
-            p0[u] = make_uint4(0, 0, 0, 0);
-            p1[u] = make_uint4(0, 0, 0, 0);
-        }
-    }
-}
-
-// Σ c·x of two rows against the int8 row in shared memory; p0/p1 hold the first batch.
-__device__ __forceinline__ void dk_dot2(const uint4* w0, const uint4* w1, int kw,
-                                        const int4* x4, uint4 (&p0)[DK_U], uint4 (&p1)[DK_U],
-                                        int& a0, int& a1) {
-    int lane = threadIdx.x & 31;
-    a0 = 0;
-    a1 = 0;
-    for (int j0 = lane;;) {
-#pragma unroll
-        for (int u = 0; u < DK_U; u++) {
-            int j = j0 + 32 * u;
-            if (j < kw) {
-                int4 xv[4];
-                xv[0] = x4[4 * j];
-                xv[1] = x4[4 * j + 1];
-                xv[2] = x4[4 * j + 2];
-                xv[3] = x4[4 * j + 3];
-                a0 = dot64(p0[u], xv, a0);
-                a1 = dot64(p1[u], xv, a1);
-            }
-        }
-        j0 += 32 * DK_U;
-        if (j0 >= kw) break;
-        dk_wload(w0, w1, kw, j0, p0, p1);
-    }
-    a0 = warp_sum_i(a0);
-    a1 = warp_sum_i(a1);
-}
-
 // The products of a layer: which rows a pair takes and what its epilogue writes.
 #define ST_QKV 0  // q|k|v, RoPE, cache append
 #define ST_O 1    // x += o
@@ -240,48 +193,64 @@ __device__ __forceinline__ void dk_rows(int st, int p, const DkOut& o, int& r0, 
     }
 }
 
-// Start streaming the rows of every pair warp gw will take in stage st (beyond the first,
-// which goes to registers) into L2: one bulk prefetch per row, one row per lane, no
-// registers held. Issued a stage or more ahead, the weights arrive while barriers and
-// norms run.
-__device__ __forceinline__ void dk_prefetch(int st, const uint4* W, int kw, int P, int gw,
-                                            int nw, const DkOut& o) {
-    int lane = threadIdx.x & 31;
-    for (int i = lane + 2; i < 64; i += 32) {
-        int p = gw + (i >> 1) * nw;
-        if (p >= P) break;
-        int r0, r1;
-        dk_rows(st, p, o, r0, r1);
-        const uint4* row = W + (size_t)((i & 1) ? r1 : r0) * kw;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(row), "r"(kw * 16)
-                     : "memory");
-#else
-        for (int b = 0; b < kw * 16; b += 128)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"((const char*)row + b));
-#endif
-    }
+// Each warp streams its weight rows through its own ring of NS slots in shared memory with
+// cp.async (16 bytes per lane per instruction, one commit group per slot): NS pairs of rows
+// are in flight per warp without holding registers. NS is 8 for inputs up to 3072 wide and
+// 3 up to 8192 (DK_RING bytes per warp either way).
+#define DK_RING 12288
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    u32 sa = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sa), "l"(gmem) : "memory");
 }
 
-// Stage st's product: warp gw of nw takes pairs gw, gw + nw, ...; p0/p1 hold the first
-// pair's first weights (loaded before the barrier); the next pair's first weights are
-// loaded before the current pair's dot products, so each warp keeps two pairs in flight.
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// Queue pair p of stage st into ring slot `slot` (if p < P) and close one commit group.
+__device__ __forceinline__ void dk_issue(int st, const uint4* W, int kw, int P, int p,
+                                         uint4* ring, int slot, const DkOut& o) {
+    int lane = threadIdx.x & 31;
+    if (p < P) {
+        int r0, r1;
+        dk_rows(st, p, o, r0, r1);
+        uint4* dst = ring + (size_t)slot * 2 * kw;
+        for (int c = lane; c < 2 * kw; c += 32) {
+            const uint4* src = c < kw ? W + (size_t)r0 * kw + c : W + (size_t)r1 * kw + (c - kw);
+            cp_async16(dst + c, src);
+        }
+    }
+    cp_async_commit();
+}
+
+// Start stage st's first NS pairs of warp gw (before a barrier: the weights are constant).
+template <int NS>
+__device__ __forceinline__ void dk_ring_start(int st, const uint4* W, int kw, int P, int gw,
+                                              int nw, uint4* ring, const DkOut& o) {
+#pragma unroll
+    for (int i = 0; i < NS; i++) dk_issue(st, W, kw, P, gw + i * nw, ring, i, o);
+}
+
+// Stage st's product: warp gw of nw takes pairs gw, gw + nw, ...; the ring holds the next NS
+// of them (dk_ring_start queued the first NS). Pair i is read from slot i % NS, which is then
+// refilled with pair i + NS.
+template <int NS>
 __device__ __forceinline__ void dk_product(int st, const uint4* W, const float* rs,
                                            const float* bias, int kw, int P, int gw, int nw,
                                            const int4* x4, float fac, int qsum,
-                                           const DkOut& o, uint4 (&p0)[DK_U],
-                                           uint4 (&p1)[DK_U]) {
+                                           const DkOut& o, uint4* ring) {
     int lane = threadIdx.x & 31;
-    int r0, r1;
-    if (gw < P) dk_rows(st, gw, o, r0, r1);
-    for (int p = gw; p < P; p += nw) {
-        uint4 n0[DK_U], n1[DK_U];
-        int nr0 = 0, nr1 = 0;
-        bool more = p + nw < P;
-        if (more) {
-            dk_rows(st, p + nw, o, nr0, nr1);
-            dk_wload(W + (size_t)nr0 * kw, W + (size_t)nr1 * kw, kw, lane, n0, n1);
-        }
+    int i = 0;
+    for (int p = gw; p < P; p += nw, i++) {
+        int slot = i % NS;
+        int r0, r1;
+        dk_rows(st, p, o, r0, r1);
         // The epilogue's inputs are loaded before the dot products, so that their latency
         // overlaps them instead of following them.
         float s0 = 0.0f, s1 = 0.0f, b0 = 0.0f, b1 = 0.0f, e0 = 0.0f, e1 = 0.0f;
@@ -303,8 +272,24 @@ __device__ __forceinline__ void dk_product(int st, const uint4* W, const float* 
                 e1 = __ldcg(o.x + r1);
             }
         }
-        int a0, a1;
-        dk_dot2(W + (size_t)r0 * kw, W + (size_t)r1 * kw, kw, x4, p0, p1, a0, a1);
+        cp_async_wait<NS - 1>();
+        __syncwarp();
+        const uint4* w0 = ring + (size_t)slot * 2 * kw;
+        const uint4* w1 = w0 + kw;
+        int a0 = 0, a1 = 0;
+        for (int j = lane; j < kw; j += 32) {
+            int4 xv[4];
+            xv[0] = x4[4 * j];
+            xv[1] = x4[4 * j + 1];
+            xv[2] = x4[4 * j + 2];
+            xv[3] = x4[4 * j + 3];
+            a0 = dot64(w0[j], xv, a0);
+            a1 = dot64(w1[j], xv, a1);
+        }
+        __syncwarp();  // every lane is done with the slot
+        dk_issue(st, W, kw, P, p + NS * nw, ring, slot, o);
+        a0 = warp_sum_i(a0);
+        a1 = warp_sum_i(a1);
         if (lane == 0) {
             // tern_value's expression: (acc − Σx)·(scale·factor) (+ bias)
             float v0 = (float)(a0 - qsum) * (s0 * fac);
@@ -324,17 +309,20 @@ __device__ __forceinline__ void dk_product(int st, const uint4* W, const float* 
                 if (r1 != r0) __stcg(o.x + r1, e1 + v1);
             }
         }
-        if (more) {
-#pragma unroll
-            for (int u = 0; u < DK_U; u++) {
-                p0[u] = n0[u];
-                p1[u] = n1[u];
-            }
-            r0 = nr0;
-            r1 = nr1;
-        }
     }
 }
+
+// NS for an input of kw 16-byte words.
+#define DK_START(st, W, kw, P)                                                  \
+    if (32 * 8 * (kw) <= DK_RING)                                               \
+        dk_ring_start<8>(st, W, kw, P, gw, nw, ring, o);                         \
+    else                                                                        \
+        dk_ring_start<3>(st, W, kw, P, gw, nw, ring, o);
+#define DK_PRODUCT(st, W, rs, b, kw, P)                                         \
+    if (32 * 8 * (kw) <= DK_RING)                                               \
+        dk_product<8>(st, W, rs, b, kw, P, gw, nw, x4, fac, qsum, o, ring);     \
+    else                                                                        \
+        dk_product<3>(st, W, rs, b, kw, P, gw, nw, x4, fac, qsum, o, ring);
 
 template <int D>
 __device__ __forceinline__ void decode_layers_impl(
@@ -354,7 +342,9 @@ __device__ __forceinline__ void decode_layers_impl(
     // Shared memory: the int8 row (kwMax·64 bytes), then the attention's scores and
     // partial outputs.
     i8* qs = (i8*)dsm;
-    float* fs = (float*)(dsm + (size_t)kwMax * 64);
+    const int tid0 = threadIdx.x;
+    uint4* ring = (uint4*)(dsm + (size_t)kwMax * 64 + (size_t)(tid0 >> 5) * DK_RING);
+    float* fs = (float*)(dsm + (size_t)kwMax * 64 + (size_t)DK_WARPS * DK_RING);
     const int4* x4 = (const int4*)qs;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gw = blockIdx.x * DK_WARPS + warp, nw = gridDim.x * DK_WARPS;
@@ -382,30 +372,17 @@ __device__ __forceinline__ void decode_layers_impl(
     o.neox = neox;
     o.max_ctx = max_ctx;
     o.H = H;
-    uint4 p0[DK_U], p1[DK_U];
-    int r0, r1;
-    // Load the first weights of a warp's first pair of stage st (before a barrier).
-#define DK_PRELOAD(st, W, kw, P)                                                  \
-    if (gw < (P)) {                                                               \
-        dk_rows(st, gw, o, r0, r1);                                               \
-        dk_wload((W) + (size_t)r0 * (kw), (W) + (size_t)r1 * (kw), kw, lane, p0, p1); \
-    }
-    dk_prefetch(ST_QKV, layers[0].qkv_w, kwH, Pqkv, gw, nw, o);
-    DK_PRELOAD(ST_QKV, layers[0].qkv_w, kwH, Pqkv)
+    DK_START(ST_QKV, layers[0].qkv_w, kwH, Pqkv)
     for (int l = 0; l < nl; l++) {
         const DecLayer& L = layers[l];
         o.kc = L.kc;
         o.vc = L.vc;
         float fac;
         int qsum;
-        dk_prefetch(ST_O, L.o_w, kwQ, Po, gw, nw, o);
-        dk_prefetch(ST_GU, L.gu_w, kwH, Pgu, gw, nw, o);
-        dk_prefetch(ST_DOWN, L.dn_w, kwF, Pdn, gw, nw, o);
         // 1. q|k|v with RoPE and the cache append.
         dk_norm_quant(x, L.attn_norm, H, kwH, eps, qs, fac, qsum);
         dk_mark(times, tk);
-        dk_product(ST_QKV, L.qkv_w, L.qkv_s, L.qkv_b, kwH, Pqkv, gw, nw, x4, fac, qsum, o, p0,
-                   p1);
+        DK_PRODUCT(ST_QKV, L.qkv_w, L.qkv_s, L.qkv_b, kwH, Pqkv)
         grid_sync(bar, target, times, tk);
         // 2. Attention, (head, split) items over the blocks.
         for (int it = blockIdx.x; it < nh * S; it += gridDim.x) {
@@ -413,28 +390,26 @@ __device__ __forceinline__ void decode_layers_impl(
             attn_decode_item<D, DK_WARPS>(it / S, it % S, qkv, L.kc, L.vc, attn, pos + 1, nh,
                                           nkv, max_ctx, scale, part, ctr, S, chunk_max, fs);
         }
-        DK_PRELOAD(ST_O, L.o_w, kwQ, Po)
+        DK_START(ST_O, L.o_w, kwQ, Po)
         grid_sync(bar, target, times, tk);
         // 3. o, x += o.
         dk_norm_quant(attn, L.attn_sub_norm, QD, kwQ, eps, qs, fac, qsum);
         dk_mark(times, tk);
-        dk_product(ST_O, L.o_w, L.o_s, L.o_b, kwQ, Po, gw, nw, x4, fac, qsum, o, p0, p1);
-        DK_PRELOAD(ST_GU, L.gu_w, kwH, Pgu)
+        DK_PRODUCT(ST_O, L.o_w, L.o_s, L.o_b, kwQ, Po)
+        DK_START(ST_GU, L.gu_w, kwH, Pgu)
         grid_sync(bar, target, times, tk);
         // 4. gate/up, relu(gate)²·up.
         dk_norm_quant(x, L.ffn_norm, H, kwH, eps, qs, fac, qsum);
         dk_mark(times, tk);
-        dk_product(ST_GU, L.gu_w, L.gu_s, L.gu_b, kwH, Pgu, gw, nw, x4, fac, qsum, o, p0, p1);
-        DK_PRELOAD(ST_DOWN, L.dn_w, kwF, Pdn)
+        DK_PRODUCT(ST_GU, L.gu_w, L.gu_s, L.gu_b, kwH, Pgu)
+        DK_START(ST_DOWN, L.dn_w, kwF, Pdn)
         grid_sync(bar, target, times, tk);
         // 5. down, x += down.
-        if (l + 1 < nl) dk_prefetch(ST_QKV, layers[l + 1].qkv_w, kwH, Pqkv, gw, nw, o);
         dk_norm_quant(ffn, L.ffn_sub_norm, FF, kwF, eps, qs, fac, qsum);
         dk_mark(times, tk);
-        dk_product(ST_DOWN, L.dn_w, L.dn_s, L.dn_b, kwF, Pdn, gw, nw, x4, fac, qsum, o, p0,
-                   p1);
+        DK_PRODUCT(ST_DOWN, L.dn_w, L.dn_s, L.dn_b, kwF, Pdn)
         if (l + 1 < nl) {
-            DK_PRELOAD(ST_QKV, layers[l + 1].qkv_w, kwH, Pqkv)
+            DK_START(ST_QKV, layers[l + 1].qkv_w, kwH, Pqkv)
             grid_sync(bar, target, times, tk);
         }
     }
@@ -442,7 +417,8 @@ __device__ __forceinline__ void decode_layers_impl(
         __syncthreads();
         if (tid == 0) times[tk] = globaltimer();
     }
-#undef DK_PRELOAD
+#undef DK_START
+#undef DK_PRODUCT
 }
 
 #define DK_KERNEL(D)                                                                        \

@@ -9,6 +9,8 @@ use crate::error::{Error, Result};
 
 /// Threads per block of the kernel (8 warps).
 const THREADS: u32 = 256;
+/// Bytes of each warp's weight ring (`DK_RING` in decode.cu).
+const RING_BYTES: usize = 12288;
 /// The widest input of a product: each thread keeps 8 float4 of the row it normalizes.
 const MAX_WIDTH: usize = 8 * 4 * THREADS as usize;
 
@@ -130,14 +132,14 @@ impl DecodeStep {
             table.push(l.kc.ptr());
             table.push(l.vc.ptr());
         }
-        // Shared memory: the int8 row of the widest input, then floats for the attention
-        // item's scores and partial outputs.
+        // Shared memory: the int8 row of the widest input, each warp's weight ring, then
+        // floats for the attention item's scores and partial outputs.
         let kw_max = hidden.max(q_dim).max(ff).div_ceil(64);
         let sms = dev.sm_count().max(1);
         let probe_smem = |splits: usize| {
             let chunk_max = dims.max_ctx.div_ceil(splits);
             let floats = chunk_max + 8 * dims.head_dim;
-            (chunk_max, kw_max * 64 + floats * 4)
+            (chunk_max, kw_max * 64 + 8 * RING_BYTES + floats * 4)
         };
         // Size for one block per SM first, then see how many fit.
         let (_, smem1) = probe_smem((sms / dims.n_heads).clamp(1, dims.max_ctx.clamp(1, 128)));
