@@ -103,14 +103,10 @@ fn tok_err(context: &str, e: impl std::fmt::Display) -> Error {
 fn no_panic<T>(context: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic".into());
-            Err(Error::Tokenizer(format!("{context}: {msg}")))
-        }
+        Err(p) => Err(Error::Tokenizer(format!(
+            "{context}: {}",
+            bitnet_core::error::panic_message(&*p)
+        ))),
     }
 }
 

@@ -35,69 +35,48 @@ __device__ __forceinline__ u16 f2h(float f) {
     return h;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
+// Warp- and block-wide reductions with an associative `op`; every thread gets the result.
+// The block versions need `sh` to hold at least 32 values.
+struct OpAdd {
+    template <typename T>
+    __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct OpMax {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <typename T, typename Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
 }
 
-__device__ __forceinline__ double warp_sum_d(double v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-    return v;
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T v, T* sh, T identity, Op op) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_reduce(v, op);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    T t = lane < nw ? sh[lane] : identity;
+    return warp_reduce(t, op);
 }
 
-__device__ __forceinline__ int warp_sum_i(int v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
-}
-
-// Block-wide reductions; `sh` holds at least 32 values; every thread gets the result.
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, OpAdd()); }
+__device__ __forceinline__ int warp_sum_i(int v) { return warp_reduce(v, OpAdd()); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce(v, OpMax()); }
 __device__ __forceinline__ double block_sum_d(double v, double* sh) {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum_d(v);
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    double t = lane < nw ? sh[lane] : 0.0;
-    return warp_sum_d(t);
+    return block_reduce(v, sh, 0.0, OpAdd());
 }
-
 __device__ __forceinline__ float block_max(float v, float* sh) {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    float t = lane < nw ? sh[lane] : -3.402823466e38f;
-    return warp_max(t);
+    return block_reduce(v, sh, -3.402823466e38f, OpMax());
 }
-
 __device__ __forceinline__ float block_sum(float v, float* sh) {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    float t = lane < nw ? sh[lane] : 0.0f;
-    return warp_sum(t);
+    return block_reduce(v, sh, 0.0f, OpAdd());
 }
-
 __device__ __forceinline__ int block_sum_i(int v, int* sh) {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum_i(v);
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    int t = lane < nw ? sh[lane] : 0;
-    return warp_sum_i(t);
+    return block_reduce(v, sh, 0, OpAdd());
 }
 
 // Epilogue modes of the ternary products.

@@ -74,14 +74,10 @@ pub fn nvrtc_available() -> bool {
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::Unsupported(format!("CUDA {what} failed: {msg}")))
-        }
+        Err(p) => Err(Error::Unsupported(format!(
+            "CUDA {what} failed: {}",
+            crate::error::panic_message(&*p)
+        ))),
     }
 }
 

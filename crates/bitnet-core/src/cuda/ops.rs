@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::ternary::{padded_cols, DevActs, DevTernary};
 use super::{Arg, CudaDevice, DevBuf, Stream, K};
 use crate::error::{Error, Result};
-use crate::nn::rope::RopeStyle;
+use crate::nn::rope::{Rope, RopeStyle};
 use crate::quant::dense::DenseMatrix;
 
 fn need(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
@@ -133,6 +133,14 @@ impl AttnDims {
         self.n_kv_heads * self.max_ctx * self.head_dim
     }
 
+    /// Whether `kc`, `vc` hold one layer's cache and `rope` covers its positions.
+    fn fits(&self, kc: &DevBuf<u16>, vc: &DevBuf<u16>, rope: &RopeTables) -> bool {
+        kc.len() >= self.cache_len()
+            && vc.len() >= self.cache_len()
+            && rope.head_dim == self.head_dim
+            && rope.max_pos >= self.max_ctx
+    }
+
     fn check(&self) -> Result<()> {
         let s = self;
         need(
@@ -147,7 +155,7 @@ impl AttnDims {
     }
 }
 
-/// cos/sin tables of RoPE, computed exactly as [`crate::nn::rope::Rope::new`] does.
+/// cos/sin tables of RoPE on the device: the CPU [`Rope`]'s tables, uploaded.
 pub struct RopeTables {
     cos: DevBuf<f32>,
     sin: DevBuf<f32>,
@@ -165,27 +173,11 @@ impl RopeTables {
         theta: f32,
         style: RopeStyle,
     ) -> Result<Self> {
-        need(
-            "cuda rope",
-            head_dim > 0 && head_dim.is_multiple_of(2),
-            || format!("head dimension {head_dim} must be even"),
-        )?;
-        let half = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(max_pos * half);
-        let mut sin = Vec::with_capacity(max_pos * half);
-        for p in 0..max_pos {
-            for &f in &inv_freq {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
+        let rope = Rope::new(head_dim, max_pos, theta, style)?;
+        let (cos, sin) = rope.tables();
         let t = RopeTables {
-            cos: dev.upload_exact(stream, &cos)?,
-            sin: dev.upload_exact(stream, &sin)?,
+            cos: dev.upload_exact(stream, cos)?,
+            sin: dev.upload_exact(stream, sin)?,
             head_dim,
             max_pos,
             neox: style == RopeStyle::Neox,
@@ -231,11 +223,7 @@ pub fn rope_kv(
     d.check()?;
     need(
         "cuda::rope_kv",
-        qkv.len() >= m * d.qkv_width()
-            && kc.len() >= d.cache_len()
-            && vc.len() >= d.cache_len()
-            && rope.head_dim == d.head_dim
-            && rope.max_pos >= d.max_ctx,
+        qkv.len() >= m * d.qkv_width() && d.fits(kc, vc, rope),
         || format!("buffers do not fit {d:?} for {m} tokens"),
     )?;
     dev.launch(
@@ -287,10 +275,7 @@ pub fn qkv_rope_decode(
             && x.k == w.cols()
             && x.rows >= 1
             && q.len() >= d.n_heads * d.head_dim
-            && kc.len() >= d.cache_len()
-            && vc.len() >= d.cache_len()
-            && rope.head_dim == d.head_dim
-            && rope.max_pos >= d.max_ctx,
+            && d.fits(kc, vc, rope),
         || {
             format!(
                 "a {}×{} matrix and buffers that do not fit {d:?}",
@@ -412,16 +397,16 @@ impl DevHead {
             }
         } else {
             let mut h = vec![0u16; rows * cols];
-            h.par_chunks_mut(cols)
-                .enumerate()
-                .try_for_each(|(r, hr)| -> Result<()> {
-                    let mut f = vec![0f32; cols];
-                    m.row_f32(r, &mut f)?;
-                    for (o, &v) in hr.iter_mut().zip(&f) {
+            h.par_chunks_mut(cols).enumerate().try_for_each_init(
+                || vec![0f32; cols],
+                |f, (r, hr)| -> Result<()> {
+                    m.row_f32(r, f)?;
+                    for (o, &v) in hr.iter_mut().zip(f.iter()) {
                         *o = half::f16::from_f32(v).to_bits();
                     }
                     Ok(())
-                })?;
+                },
+            )?;
             DevHead::F16(dev.upload_exact(stream, &h)?)
         };
         stream.sync()?;

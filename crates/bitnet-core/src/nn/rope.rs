@@ -68,6 +68,15 @@ impl Rope {
         self.max_pos
     }
 
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// The cos and sin tables, `max_pos × head_dim/2` each, row-major by position.
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     pub fn style(&self) -> RopeStyle {
         self.style
     }
