@@ -144,7 +144,7 @@ pub fn causal_attention<T: KvElem>(
                 unsafe { attend_block_avx2(&b, scores) };
                 return;
             }
-            attend_block(&b, scores);
+            attend_block(&b, scores, dot4);
         },
     );
     Ok(())
@@ -172,11 +172,11 @@ struct Block<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn attend_block_avx2(b: &Block<'_>, scores: &mut [f32]) {
-    attend_block(b, scores)
+    attend_block(b, scores, |a, k| dot4_avx2(a, k))
 }
 
 #[inline(always)]
-fn attend_block(b: &Block<'_>, scores: &mut [f32]) {
+fn attend_block(b: &Block<'_>, scores: &mut [f32], dot4: impl Fn(&[f32], &[f32]) -> [f32; 4]) {
     let Block {
         q,
         kf,
@@ -196,7 +196,18 @@ fn attend_block(b: &Block<'_>, scores: &mut [f32]) {
         for h in kvh * group..(kvh + 1) * group {
             let qh = &q[i * qdim + h * hd..i * qdim + (h + 1) * hd];
             let mut max = f32::NEG_INFINITY;
-            for (p, sc) in scores[..n].iter_mut().enumerate() {
+            // Four keys at a time: four independent accumulator chains (one would be bound
+            // by the add latency), each key's dot in the same order as `dot`.
+            let mut p = 0;
+            while p + 4 <= n {
+                let d = dot4(qh, &kf[p * hd..(p + 4) * hd]);
+                for (sc, d) in scores[p..p + 4].iter_mut().zip(d) {
+                    *sc = d * scale;
+                    max = max.max(*sc);
+                }
+                p += 4;
+            }
+            for (p, sc) in scores[..n].iter_mut().enumerate().skip(p) {
                 *sc = dot(qh, &kf[p * hd..(p + 1) * hd]) * scale;
                 max = max.max(*sc);
             }
@@ -206,16 +217,13 @@ fn attend_block(b: &Block<'_>, scores: &mut [f32]) {
                 sum += *sc;
             }
             let inv = 1.0 / sum;
+            for sc in &mut scores[..n] {
+                *sc *= inv;
+            }
             // SAFETY: row (i, h) lies inside `out` (checked lengths above) and
             // belongs to this task alone.
             let o = unsafe { std::slice::from_raw_parts_mut(b.out.0.add(i * qdim + h * hd), hd) };
-            o.fill(0.0);
-            for (p, &w) in scores[..n].iter().enumerate() {
-                let w = w * inv;
-                for (oj, &vj) in o.iter_mut().zip(&vf[p * hd..(p + 1) * hd]) {
-                    *oj += w * vj;
-                }
-            }
+            weighted_sum(&scores[..n], vf, hd, o);
         }
     }
 }
@@ -235,6 +243,95 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += a[j] * b[j];
     }
     s
+}
+
+/// `dot(a, row)` for the four consecutive rows of `b` (each `a.len()` long), bit for bit.
+#[inline(always)]
+fn dot4(a: &[f32], b: &[f32]) -> [f32; 4] {
+    let hd = a.len();
+    let rows: [&[f32]; 4] = std::array::from_fn(|r| &b[r * hd..(r + 1) * hd]);
+    let mut acc = [[0.0f32; 8]; 4];
+    let chunks = hd / 8;
+    for c in 0..chunks {
+        let ac = &a[c * 8..c * 8 + 8];
+        for r in 0..4 {
+            let bc = &rows[r][c * 8..c * 8 + 8];
+            for j in 0..8 {
+                acc[r][j] += ac[j] * bc[j];
+            }
+        }
+    }
+    std::array::from_fn(|r| {
+        let mut s: f32 = acc[r].iter().sum();
+        for j in chunks * 8..hd {
+            s += a[j] * rows[r][j];
+        }
+        s
+    })
+}
+
+/// [`dot4`] with explicit AVX2 vectors (LLVM vectorises the portable one across the four
+/// rows instead of along them); the same operations in the same order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn dot4_avx2(a: &[f32], b: &[f32]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let hd = a.len();
+    assert!(b.len() >= 4 * hd);
+    let chunks = hd / 8;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for c in 0..chunks {
+        // SAFETY: c·8 + 8 ≤ hd, and row r of b spans [r·hd, (r+1)·hd) (asserted above).
+        unsafe {
+            let av = _mm256_loadu_ps(a.as_ptr().add(c * 8));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let bv = _mm256_loadu_ps(b.as_ptr().add(r * hd + c * 8));
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(av, bv));
+            }
+        }
+    }
+    std::array::from_fn(|r| {
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds eight floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r]) };
+        let mut s: f32 = lanes.iter().sum();
+        for j in chunks * 8..hd {
+            s += a[j] * b[r * hd + j];
+        }
+        s
+    })
+}
+
+/// Dimensions of the output kept in registers while `weighted_sum` walks the positions.
+const OUT_CHUNK: usize = 32;
+
+/// `o = Σ_p w[p]·v[p]` over rows of `hd` values, each output summed in position order
+/// starting from 0 (so bit-identical to adding the rows one after another), one chunk of
+/// `OUT_CHUNK` outputs at a time so that the running sums stay in registers.
+#[inline(always)]
+fn weighted_sum(w: &[f32], v: &[f32], hd: usize, o: &mut [f32]) {
+    let mut j0 = 0;
+    while j0 + OUT_CHUNK <= hd {
+        let mut acc = [0.0f32; OUT_CHUNK];
+        for (p, &wp) in w.iter().enumerate() {
+            let vr = &v[p * hd + j0..p * hd + j0 + OUT_CHUNK];
+            for j in 0..OUT_CHUNK {
+                acc[j] += wp * vr[j];
+            }
+        }
+        o[j0..j0 + OUT_CHUNK].copy_from_slice(&acc);
+        j0 += OUT_CHUNK;
+    }
+    if j0 < hd {
+        let tail = &mut o[j0..hd];
+        tail.fill(0.0);
+        for (p, &wp) in w.iter().enumerate() {
+            for (oj, &vj) in tail.iter_mut().zip(&v[p * hd + j0..(p + 1) * hd]) {
+                *oj += wp * vj;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
