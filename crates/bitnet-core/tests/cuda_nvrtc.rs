@@ -33,6 +33,7 @@ fn all_kernels_compile_with_nvrtc() {
             "copy_u4",
             "attention",
             "attn_decode",
+            "attn_decode_cluster",
             "gpu_sleep",
             "decode_layers_d1",
             "decode_layers_d2",
@@ -49,6 +50,9 @@ fn all_kernels_compile_with_nvrtc() {
         assert!(ptx.contains("dp4a"));
         // sm_90: programmatic dependent launch in the kernels; older: compiled out.
         assert_eq!(ptx.contains("griddepcontrol.wait"), arch == "compute_90");
+        // sm_90: the decode attention merges a cluster's blocks through distributed shared
+        // memory.
+        assert_eq!(ptx.contains("mapa.shared::cluster"), arch == "compute_90");
         if let Some(dir) = std::env::var_os("BITNET_PTX_OUT") {
             std::fs::write(std::path::Path::new(&dir).join(format!("{arch}.ptx")), &ptx).unwrap();
         }

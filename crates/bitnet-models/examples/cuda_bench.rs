@@ -6,7 +6,8 @@
 
 use std::time::Instant;
 
-use bitnet_core::cuda::ops;
+use bitnet_core::cuda::attention::{attention_decode, DecodeScratch};
+use bitnet_core::cuda::ops::{self, AttnDims};
 use bitnet_core::cuda::ternary::{matmul, DevActs, DevTernary, Epilogue};
 use bitnet_core::cuda::{CudaDevice, Stream};
 use bitnet_core::quant::ternary::TernaryLayout;
@@ -45,6 +46,86 @@ fn time_graph(s: &Stream, reps: usize, launch: &mut dyn FnMut() -> R<()>) -> R<f
     }
     t.sort_by(|a, b| a.total_cmp(b));
     Ok(t[t.len() / 2])
+}
+
+/// The small kernels of a decode step, each chained 30 times in one graph as in a step (one
+/// buffer set per layer, so the KV caches come from DRAM): decode attention of the 2B-4T
+/// shape at position 576, norm→int8 of 2560 and 6912 values, and a 16-byte copy (the cost
+/// of a dependent launch with nothing to do).
+fn latency_kernels(dev: &CudaDevice, s: &Stream, table: &mut Vec<String>) -> R<()> {
+    let layers = 30;
+    let d = AttnDims {
+        n_heads: 20,
+        n_kv_heads: 5,
+        head_dim: 128,
+        max_ctx: 1024,
+    };
+    let pos: i32 = 576;
+    let mut rng = Rng(0x5EED);
+    let mut f16s = |n: usize| -> Vec<u16> {
+        // Values in ±1 as f16 bits (sign, exponent 0x3800 ≈ 0.5 .. 1).
+        (0..n)
+            .map(|_| (0x3800 | (rng.next() & 0x3ff) | ((rng.next() & 1) << 15)) as u16)
+            .collect()
+    };
+    let mut kvs = Vec::new();
+    for _ in 0..layers {
+        let k = dev.upload(s, &f16s(d.cache_len()))?;
+        let v = dev.upload(s, &f16s(d.cache_len()))?;
+        kvs.push((k, v));
+    }
+    let qkv: Vec<f32> = (0..d.qkv_width())
+        .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+        .collect();
+    let dq = dev.upload(s, &qkv)?;
+    let dctl = dev.upload(s, &[pos, 1, 0])?;
+    let mut out = dev.alloc::<f32>(d.n_heads * d.head_dim)?;
+    let mut scratch = DecodeScratch::new(dev, s, d, d.max_ctx)?;
+    let ms = time_graph(s, 7, &mut || {
+        for (k, v) in &kvs {
+            attention_decode(dev, s, &dq, k, v, &mut out, &dctl, d, &mut scratch)?;
+        }
+        Ok(())
+    })?;
+    let per = ms * 1e3 / layers as f64;
+    println!("decode attention 20/5 heads × 128 at position {pos}: {per:.2} µs/launch (chain of {layers})");
+    table.push(format!(
+        "| decode attention (20/5 heads, hd 128, position {pos}) | {per:.2} µs | |"
+    ));
+    for k in [2560usize, 6912] {
+        let xs: Vec<Vec<f32>> = (0..layers)
+            .map(|l| (0..k).map(|i| ((i * 13 + l) % 29) as f32 - 14.0).collect())
+            .collect();
+        let dx: Vec<_> = xs
+            .iter()
+            .map(|x| dev.upload(s, x))
+            .collect::<Result<_, _>>()?;
+        let g = dev.upload(s, &vec![1.0f32; k])?;
+        let mut acts = bitnet_core::cuda::ternary::DevActs::new(dev, 1, k)?;
+        let ms = time_graph(s, 7, &mut || {
+            for x in &dx {
+                ops::rmsnorm_quant(dev, s, x, 0, 1, k, &g, 1e-5, &mut acts)?;
+            }
+            Ok(())
+        })?;
+        let per = ms * 1e3 / layers as f64;
+        println!("norm→int8 of {k}: {per:.2} µs/launch (chain of {layers})");
+        table.push(format!("| norm→int8 of {k} values | {per:.2} µs | |"));
+    }
+    let src = dev.alloc_exact::<u8>(16)?;
+    let mut dst = dev.alloc_exact::<u8>(16)?;
+    let ms = time_graph(s, 7, &mut || {
+        for _ in 0..layers {
+            ops::copy(dev, s, &src, &mut dst, 16)?;
+        }
+        Ok(())
+    })?;
+    let per = ms * 1e3 / layers as f64;
+    println!("16-byte copy: {per:.2} µs/launch (chain of {layers}; dependent-launch floor)");
+    table.push(format!(
+        "| 16-byte copy (dependent-launch floor) | {per:.2} µs | |"
+    ));
+    Ok(())
 }
 
 fn main() -> R<()> {
@@ -169,6 +250,10 @@ fn main() -> R<()> {
                 per * 1e3
             ));
         }
+    }
+
+    if !model_only {
+        latency_kernels(&dev, &s, &mut table)?;
     }
 
     // End to end on the synthetic 2B-4T model.

@@ -244,3 +244,169 @@ attn_decode(const float* __restrict__ qkv, const u16* __restrict__ kc,
     }
 #undef AD_CASE
 }
+
+// Decode attention for sm_90 with thread-block clusters (replaces attn_decode there): the
+// AC_S blocks of a cluster take the AC_S chunks of one head's positions (grid (AC_S, nh),
+// cluster (AC_S, 1, 1), AC_W warps). A warp takes every AC_W-th position of its chunk and
+// loads the keys and the values of AC_U positions at once (lanes own D = hd/32 dimensions),
+// keeping an online softmax (running max, Σexp and weighted sum of values, rescaled when
+// the max grows). The warps' states merge in shared memory, then the blocks' states merge
+// across the cluster through distributed shared memory: block r produces the output
+// dimensions [r·hd/AC_S, (r+1)·hd/AC_S). Merges run in a fixed order, so the result does
+// not depend on timing. No global scratch, no atomics, one launch. Dynamic shared memory:
+// (2·AC_W + 2 + (AC_W + 1)·hd) floats.
+#define AC_S 8
+#define AC_W 8
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ u32 cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+// All threads of all blocks of the cluster; orders shared-memory writes before the barrier
+// with reads after it, cluster-wide.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::
+                     : "memory");
+}
+// Read a float of block `rank`'s shared memory at the address `p` has in this block.
+__device__ __forceinline__ float ld_cluster(const float* p, u32 rank) {
+    u32 a = (u32)__cvta_generic_to_shared(p), r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
+    return v;
+}
+
+template <int D>
+__device__ __forceinline__ void attn_cluster_body(const float* qkv, const u16* kc,
+                                                  const u16* vc, float* out, int n, int nh,
+                                                  int nkv, int max_ctx, float scale,
+                                                  float* sm) {
+    constexpr int hd = 32 * D, U = D <= 4 ? 8 : 4;
+    float *wm = sm, *wl = sm + AC_W, *bml = sm + 2 * AC_W, *bacc = bml + 2, *wacc = bacc + hd;
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    int h = blockIdx.y;
+    u32 rank = cluster_rank();
+    int chunk = (n + AC_S - 1) / AC_S;
+    int p0 = (int)rank * chunk, p1 = min(n, p0 + chunk);
+    int kvh = h / (nh / nkv);
+    float q[D], acc[D];
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+        q[d] = __ldcg(qkv + (size_t)h * hd + lane * D + d);
+        acc[d] = 0.0f;
+    }
+    const u16* kb = kc + (size_t)kvh * max_ctx * hd + lane * D;
+    const u16* vb = vc + (size_t)kvh * max_ctx * hd + lane * D;
+    float m = -3.402823466e38f, l = 0.0f;
+    for (int pb = p0 + warp; pb < p1; pb += U * AC_W) {
+        float kf[U][D], vf[U][D];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int p = pb + u * AC_W;
+            if (p < p1) {
+                ld_h<D>(kb + (size_t)p * hd, kf[u]);
+                ld_h<D>(vb + (size_t)p * hd, vf[u]);
+            }
+        }
+        float s[U], mb = m;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int p = pb + u * AC_W;
+            s[u] = -3.402823466e38f;
+            if (p < p1) {
+                float a = 0.0f;
+#pragma unroll
+                for (int d = 0; d < D; d++) a += q[d] * kf[u][d];
+                s[u] = warp_sum(a) * scale;
+                mb = fmaxf(mb, s[u]);
+            }
+        }
+        float c = expf(m - mb);
+        l *= c;
+#pragma unroll
+        for (int d = 0; d < D; d++) acc[d] *= c;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (pb + u * AC_W < p1) {
+                float e = expf(s[u] - mb);
+                l += e;
+#pragma unroll
+                for (int d = 0; d < D; d++) acc[d] += e * vf[u][d];
+            }
+        }
+        m = mb;
+    }
+    if (lane == 0) {
+        wm[warp] = m;
+        wl[warp] = l;
+    }
+#pragma unroll
+    for (int d = 0; d < D; d++) wacc[warp * hd + lane * D + d] = acc[d];
+    __syncthreads();
+    // This block's state: the warps' states rescaled to the largest max.
+    float M = wm[0];
+#pragma unroll
+    for (int w = 1; w < AC_W; w++) M = fmaxf(M, wm[w]);
+    for (int d = tid; d < hd; d += 32 * AC_W) {
+        float o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < AC_W; w++) o += expf(wm[w] - M) * wacc[w * hd + d];
+        bacc[d] = o;
+    }
+    if (tid == 0) {
+        float t = 0.0f;
+#pragma unroll
+        for (int w = 0; w < AC_W; w++) t += expf(wm[w] - M) * wl[w];
+        bml[0] = M;
+        bml[1] = t;
+    }
+    cluster_sync();
+    // The cluster's state for this block's share of the dimensions.
+    constexpr int share = hd / AC_S;
+    if (tid < share) {
+        float ms[AC_S], ls[AC_S], os[AC_S];
+#pragma unroll
+        for (int r = 0; r < AC_S; r++) {
+            ms[r] = ld_cluster(bml, r);
+            ls[r] = ld_cluster(bml + 1, r);
+            os[r] = ld_cluster(bacc + rank * share + tid, r);
+        }
+        float Mc = ms[0];
+#pragma unroll
+        for (int r = 1; r < AC_S; r++) Mc = fmaxf(Mc, ms[r]);
+        float L = 0.0f, o = 0.0f;
+#pragma unroll
+        for (int r = 0; r < AC_S; r++) {
+            float c = expf(ms[r] - Mc);
+            L += c * ls[r];
+            o += c * os[r];
+        }
+        out[(size_t)h * hd + rank * share + tid] = o / L;
+    }
+    cluster_sync();  // keep this block's shared memory alive until the others have read it
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+attn_decode_cluster(const float* __restrict__ qkv, const u16* __restrict__ kc,
+                    const u16* __restrict__ vc, float* __restrict__ out,
+                    const i32* __restrict__ ctl, int nh, int nkv, int hd, int max_ctx,
+                    float scale) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    PDL_WAIT();
+    PDL_LAUNCH();
+    extern __shared__ float acsm[];
+    int n = ctl[0] + 1;
+#define AC_CASE(D)                                                                         \
+    case D:                                                                                \
+        attn_cluster_body<D>(qkv, kc, vc, out, n, nh, nkv, max_ctx, scale, acsm);          \
+        break;
+    switch (hd >> 5) {
+        AC_CASE(1) AC_CASE(2) AC_CASE(3) AC_CASE(4) AC_CASE(5) AC_CASE(6) AC_CASE(7) AC_CASE(8)
+        default: break;
+    }
+#undef AC_CASE
+#endif
+}

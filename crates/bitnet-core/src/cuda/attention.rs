@@ -96,16 +96,13 @@ impl DecodeScratch {
             head_dim: d.head_dim,
         })
     }
-
-    /// Blocks per head.
-    pub fn splits(&self) -> usize {
-        self.splits
-    }
 }
 
 /// Attention of one query token (row 0 of `qkv`, position `ctl[0]`, its key and value
 /// already in the cache) over positions `0 ..= ctl[0]` into `out` (`n_heads·head_dim`),
-/// split over positions: `n_heads × splits` blocks, combined by the last block of each head.
+/// split over positions: on sm_90, one cluster of 8 blocks per head merged through
+/// distributed shared memory; before that, `n_heads × splits` blocks combined by the last
+/// block of each head.
 /// `ctl[0] + 1` must not exceed the `max_positions` the scratch was made for.
 pub fn attention_decode(
     dev: &CudaDevice,
@@ -134,9 +131,34 @@ pub fn attention_decode(
             format!("buffers do not fit {d:?}"),
         ));
     }
+    let scale = 1.0f32 / (d.head_dim as f32).sqrt();
+    if dev.has_clusters() {
+        // One cluster of CLUSTER_SPLITS blocks per head, merged through distributed shared
+        // memory (attn_decode_cluster: no scratch, no counters).
+        let smem = (2 * CLUSTER_WARPS + 2 + (CLUSTER_WARPS + 1) * d.head_dim) * 4;
+        return dev.launch_cluster(
+            K::AttnDecodeCluster,
+            stream,
+            (CLUSTER_SPLITS, d.n_heads as u32, 1),
+            (32 * CLUSTER_WARPS as u32, 1, 1),
+            smem as u32,
+            &[
+                Arg::P(qkv.ptr()),
+                Arg::P(kc.ptr()),
+                Arg::P(vc.ptr()),
+                Arg::P(out.ptr()),
+                Arg::P(ctl.ptr()),
+                Arg::I(d.n_heads as i32),
+                Arg::I(d.n_kv_heads as i32),
+                Arg::I(d.head_dim as i32),
+                Arg::I(d.max_ctx as i32),
+                Arg::F(scale),
+            ],
+            CLUSTER_SPLITS,
+        );
+    }
     let smem = (scratch.chunk_max + 4 * d.head_dim) * 4;
     dev.ensure_smem(K::AttnDecode, smem)?;
-    let scale = 1.0f32 / (d.head_dim as f32).sqrt();
     dev.launch(
         K::AttnDecode,
         stream,
@@ -161,3 +183,8 @@ pub fn attention_decode(
         ],
     )
 }
+
+/// Blocks per head (the cluster size, `AC_S` in attention.cu) and warps per block (`AC_W`)
+/// of the sm_90 decode attention.
+const CLUSTER_SPLITS: u32 = 8;
+const CLUSTER_WARPS: usize = 8;

@@ -163,6 +163,7 @@ pub(crate) enum K {
     Attention,
     GpuSleep,
     AttnDecode,
+    AttnDecodeCluster,
     DecodeD1,
     DecodeD2,
     DecodeD4,
@@ -184,11 +185,20 @@ const KERNEL_NAMES: &[(K, &str)] = &[
     (K::Attention, "attention"),
     (K::GpuSleep, "gpu_sleep"),
     (K::AttnDecode, "attn_decode"),
+    (K::AttnDecodeCluster, "attn_decode_cluster"),
     (K::DecodeD1, "decode_layers_d1"),
     (K::DecodeD2, "decode_layers_d2"),
     (K::DecodeD4, "decode_layers_d4"),
     (K::DecodeD8, "decode_layers_d8"),
 ];
+
+/// How a kernel is launched (see [`CudaDevice::launch_impl`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LaunchMode {
+    Plain,
+    Cooperative,
+    Cluster(u32),
+}
 
 /// One kernel argument (pointers travel as device addresses).
 #[derive(Clone, Copy, Debug)]
@@ -451,6 +461,7 @@ pub struct CudaDevice {
     /// Programmatic dependent launch (sm_90+; `BITNET_CUDA_PDL=0` turns it off).
     pdl: AtomicBool,
     cc_major: i32,
+    clusters: bool,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -536,6 +547,8 @@ impl CudaDevice {
             Ok(CudaDevice {
                 pdl: AtomicBool::new(pdl),
                 cc_major: maj,
+                clusters: maj >= 9
+                    && std::env::var("BITNET_CUDA_CLUSTERS").map_or(true, |v| v != "0"),
                 ctx,
                 _module: module,
                 funcs,
@@ -671,7 +684,7 @@ impl CudaDevice {
         smem: u32,
         args: &[Arg],
     ) -> Result<()> {
-        self.launch_impl(k, stream, grid, block, smem, args, false)
+        self.launch_impl(k, stream, grid, block, smem, args, LaunchMode::Plain)
     }
 
     /// Launch kernel `k` cooperatively: all its blocks are resident at once (the launch
@@ -685,7 +698,43 @@ impl CudaDevice {
         smem: u32,
         args: &[Arg],
     ) -> Result<()> {
-        self.launch_impl(k, stream, grid, block, smem, args, true)
+        self.launch_impl(k, stream, grid, block, smem, args, LaunchMode::Cooperative)
+    }
+
+    /// Whether kernels use thread-block clusters: sm_90+, unless `BITNET_CUDA_CLUSTERS=0`
+    /// (then the decode attention merges its splits through global memory instead).
+    pub(crate) fn has_clusters(&self) -> bool {
+        self.clusters
+    }
+
+    /// Launch kernel `k` in clusters of `cluster_x` blocks along x (sm_90+; `grid.0` a
+    /// multiple of it).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn launch_cluster(
+        &self,
+        k: K,
+        stream: &Stream,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[Arg],
+        cluster_x: u32,
+    ) -> Result<()> {
+        if !self.has_clusters() || cluster_x == 0 || !grid.0.is_multiple_of(cluster_x) {
+            return Err(Error::Unsupported(format!(
+                "a cluster launch of {cluster_x} blocks (grid {grid:?}) on {}",
+                self.arch
+            )));
+        }
+        self.launch_impl(
+            k,
+            stream,
+            grid,
+            block,
+            smem,
+            args,
+            LaunchMode::Cluster(cluster_x),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -697,7 +746,7 @@ impl CudaDevice {
         block: (u32, u32, u32),
         smem: u32,
         args: &[Arg],
-        cooperative: bool,
+        mode: LaunchMode,
     ) -> Result<()> {
         if args.len() > 24 {
             return Err(Error::Unsupported("too many kernel arguments".into()));
@@ -714,22 +763,40 @@ impl CudaDevice {
             };
         }
         stream.bind()?;
-        if cooperative || self.pdl_enabled() {
+        let pdl = self.pdl_enabled() && mode != LaunchMode::Cooperative;
+        if mode != LaunchMode::Plain || pdl {
             // Programmatic dependent launch: this grid may start while the previous kernel
             // of the stream finishes; every kernel waits (`griddepcontrol.wait`) before it
             // touches data another kernel reads or writes, so only its prologue (loading
             // constant weights) overlaps the previous kernel. A cooperative grid (which does
             // not wait that way) starts after its predecessor as usual.
-            let mut attr = sys::CUlaunchAttribute {
-                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            let none = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_IGNORE,
                 pad: [0; 4],
                 value: sys::CUlaunchAttributeValue { pad: [0; 64] },
             };
-            if cooperative {
-                attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
-                attr.value.cooperative = 1;
-            } else {
-                attr.value.programmaticStreamSerializationAllowed = 1;
+            let mut attrs = [none; 2];
+            let mut n = 0;
+            if pdl {
+                attrs[n].id =
+                    sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+                attrs[n].value.programmaticStreamSerializationAllowed = 1;
+                n += 1;
+            }
+            match mode {
+                LaunchMode::Cooperative => {
+                    attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+                    attrs[n].value.cooperative = 1;
+                    n += 1;
+                }
+                LaunchMode::Cluster(x) => {
+                    attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+                    attrs[n].value.clusterDim.x = x;
+                    attrs[n].value.clusterDim.y = 1;
+                    attrs[n].value.clusterDim.z = 1;
+                    n += 1;
+                }
+                LaunchMode::Plain => {}
             }
             let cfg = sys::CUlaunchConfig {
                 gridDimX: grid.0,
@@ -740,10 +807,10 @@ impl CudaDevice {
                 blockDimZ: block.2,
                 sharedMemBytes: smem,
                 hStream: stream.raw.cu_stream(),
-                attrs: &mut attr,
-                numAttrs: 1,
+                attrs: attrs.as_mut_ptr(),
+                numAttrs: n as u32,
             };
-            // SAFETY: `cfg` and `attr` live across the call; `ptrs` points at the argument
+            // SAFETY: `cfg` and `attrs` live across the call; `ptrs` points at the argument
             // values in `args`, which outlive the call and match the kernel's parameter list
             // (each wrapper passes exactly the kernel's parameters, pointers as 64-bit device
             // addresses); cuLaunchKernelEx copies them.
