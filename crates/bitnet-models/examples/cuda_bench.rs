@@ -50,8 +50,9 @@ fn time_graph(s: &Stream, reps: usize, launch: &mut dyn FnMut() -> R<()>) -> R<f
 
 /// The small kernels of a decode step, each chained 30 times in one graph as in a step (one
 /// buffer set per layer, so the KV caches come from DRAM): decode attention of the 2B-4T
-/// shape at position 576, norm→int8 of 2560 and 6912 values, and a 16-byte copy (the cost
-/// of a dependent launch with nothing to do).
+/// shape at position 576, norm→int8 of 2560 and 6912 values, an empty one-thread kernel (the
+/// cost of a dependent launch itself) and a 16-byte copy spread over 8 blocks per SM (the
+/// same with a grid to schedule).
 fn latency_kernels(dev: &CudaDevice, s: &Stream, table: &mut Vec<String>) -> R<()> {
     let layers = 30;
     let d = AttnDims {
@@ -112,6 +113,19 @@ fn latency_kernels(dev: &CudaDevice, s: &Stream, table: &mut Vec<String>) -> R<(
         println!("norm→int8 of {k}: {per:.2} µs/launch (chain of {layers})");
         table.push(format!("| norm→int8 of {k} values | {per:.2} µs | |"));
     }
+    let ms = time_graph(s, 7, &mut || {
+        for _ in 0..layers {
+            ops::gpu_sleep(dev, s, 0)?;
+        }
+        Ok(())
+    })?;
+    let per = ms * 1e3 / layers as f64;
+    println!(
+        "empty one-thread kernel: {per:.2} µs/launch (chain of {layers}; dependent-launch floor)"
+    );
+    table.push(format!(
+        "| empty one-thread kernel (dependent-launch floor) | {per:.2} µs | |"
+    ));
     let src = dev.alloc_exact::<u8>(16)?;
     let mut dst = dev.alloc_exact::<u8>(16)?;
     let ms = time_graph(s, 7, &mut || {
@@ -121,9 +135,10 @@ fn latency_kernels(dev: &CudaDevice, s: &Stream, table: &mut Vec<String>) -> R<(
         Ok(())
     })?;
     let per = ms * 1e3 / layers as f64;
-    println!("16-byte copy: {per:.2} µs/launch (chain of {layers}; dependent-launch floor)");
+    let blocks = 8 * dev.sm_count();
+    println!("16-byte copy over {blocks} blocks: {per:.2} µs/launch (chain of {layers})");
     table.push(format!(
-        "| 16-byte copy (dependent-launch floor) | {per:.2} µs | |"
+        "| 16-byte copy over {blocks} blocks | {per:.2} µs | |"
     ));
     Ok(())
 }
