@@ -346,19 +346,21 @@ __device__ __forceinline__ void attn_cluster_body(const float* qkv, const u16* k
     for (int d = 0; d < D; d++) wacc[warp * hd + lane * D + d] = acc[d];
     __syncthreads();
     // This block's state: the warps' states rescaled to the largest max.
-    float M = wm[0];
+    float M = wm[0], cw[AC_W];
 #pragma unroll
     for (int w = 1; w < AC_W; w++) M = fmaxf(M, wm[w]);
+#pragma unroll
+    for (int w = 0; w < AC_W; w++) cw[w] = expf(wm[w] - M);
     for (int d = tid; d < hd; d += 32 * AC_W) {
         float o = 0.0f;
 #pragma unroll
-        for (int w = 0; w < AC_W; w++) o += expf(wm[w] - M) * wacc[w * hd + d];
+        for (int w = 0; w < AC_W; w++) o += cw[w] * wacc[w * hd + d];
         bacc[d] = o;
     }
     if (tid == 0) {
         float t = 0.0f;
 #pragma unroll
-        for (int w = 0; w < AC_W; w++) t += expf(wm[w] - M) * wl[w];
+        for (int w = 0; w < AC_W; w++) t += cw[w] * wl[w];
         bml[0] = M;
         bml[1] = t;
     }

@@ -132,6 +132,19 @@ pub fn attention_decode(
         ));
     }
     let scale = 1.0f32 / (d.head_dim as f32).sqrt();
+    // The parameters both decode kernels share; the global-memory merge adds its scratch.
+    let args = [
+        Arg::P(qkv.ptr()),
+        Arg::P(kc.ptr()),
+        Arg::P(vc.ptr()),
+        Arg::P(out.ptr()),
+        Arg::P(ctl.ptr()),
+        Arg::I(d.n_heads as i32),
+        Arg::I(d.n_kv_heads as i32),
+        Arg::I(d.head_dim as i32),
+        Arg::I(d.max_ctx as i32),
+        Arg::F(scale),
+    ];
     if dev.has_clusters() {
         // One cluster of CLUSTER_SPLITS blocks per head, merged through distributed shared
         // memory (attn_decode_cluster: no scratch, no counters).
@@ -142,18 +155,7 @@ pub fn attention_decode(
             (CLUSTER_SPLITS, d.n_heads as u32, 1),
             (32 * CLUSTER_WARPS as u32, 1, 1),
             smem as u32,
-            &[
-                Arg::P(qkv.ptr()),
-                Arg::P(kc.ptr()),
-                Arg::P(vc.ptr()),
-                Arg::P(out.ptr()),
-                Arg::P(ctl.ptr()),
-                Arg::I(d.n_heads as i32),
-                Arg::I(d.n_kv_heads as i32),
-                Arg::I(d.head_dim as i32),
-                Arg::I(d.max_ctx as i32),
-                Arg::F(scale),
-            ],
+            &args,
             CLUSTER_SPLITS,
         );
     }
@@ -166,21 +168,15 @@ pub fn attention_decode(
         (128, 1, 1),
         smem as u32,
         &[
-            Arg::P(qkv.ptr()),
-            Arg::P(kc.ptr()),
-            Arg::P(vc.ptr()),
-            Arg::P(out.ptr()),
-            Arg::P(ctl.ptr()),
-            Arg::I(d.n_heads as i32),
-            Arg::I(d.n_kv_heads as i32),
-            Arg::I(d.head_dim as i32),
-            Arg::I(d.max_ctx as i32),
-            Arg::F(scale),
-            Arg::P(scratch.part.ptr()),
-            Arg::P(scratch.ctr.ptr()),
-            Arg::I(scratch.splits as i32),
-            Arg::I(scratch.chunk_max as i32),
-        ],
+            &args[..],
+            &[
+                Arg::P(scratch.part.ptr()),
+                Arg::P(scratch.ctr.ptr()),
+                Arg::I(scratch.splits as i32),
+                Arg::I(scratch.chunk_max as i32),
+            ],
+        ]
+        .concat(),
     )
 }
 
