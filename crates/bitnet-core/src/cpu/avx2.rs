@@ -14,8 +14,8 @@
 //! gemm sums in i16 lanes per 32-weight step instead (at most 64 steps, see
 //! [`GEMM_I16_STEPS`]).
 //!
-//! Register tiling: a tile is MR activation rows × NR weight rows. gemv uses 1 × 1 (one
-//! sequential weight stream) and decodes in its inner loop. gemm decodes each weight row
+//! gemv takes one weight row at a time (one sequential weight stream) and decodes in its
+//! inner loop. gemm decodes each weight row
 //! once per task into a buffer of codes (one byte per weight), then runs 6 × 2 tiles with
 //! no decode at all, so I2S and T1 run at the same speed: per 32 weights, two code loads
 //! and six activation loads feed 12 `maddubs` + 12 `paddw`.
@@ -46,67 +46,51 @@ pub(super) fn opaque(mut v: __m256i) -> __m256i {
     v
 }
 
-/// Accumulate `nb` blocks of an MR × NR tile into `acc[i][r]` (eight i32 lanes each, to be
-/// summed horizontally): Σ c·x over those blocks.
+/// Accumulate Σ c·x of one weight row over `nb` blocks into `acc` (eight i32 lanes, to be
+/// summed horizontally). The steps of a block alternate between two i16 accumulators (two
+/// short `paddw` chains; no measurable change against one: the loop is bound by its 15
+/// vector operations per 32 bytes, ≈ 19 GB/s per core from L2).
 ///
 /// # Safety
-/// AVX2 must be available. Each `w[r]` must point at `nb` readable 32-byte blocks and each
-/// `x[i]` at `nb · block_weights` readable bytes.
+/// AVX2 must be available. `w` must point at `nb` readable 32-byte blocks and `x` at
+/// `nb · block_weights` readable bytes.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn tile<const T1: bool, const MR: usize, const NR: usize>(
-    w: [*const u8; NR],
-    x: [*const i8; MR],
-    nb: usize,
-    acc: &mut [[__m256i; NR]; MR],
-) {
+unsafe fn row_dot<const T1: bool>(w: *const u8, x: *const i8, nb: usize, acc: &mut __m256i) {
     let ones = _mm256_set1_epi16(1);
     let bw = if T1 { 160 } else { 128 };
     let mut b0 = 0;
     while b0 < nb {
         // i16 partial sums over up to I16_BLOCKS blocks, then widened once.
         let b1 = (b0 + I16_BLOCKS).min(nb);
-        let mut p = [[_mm256_setzero_si256(); NR]; MR];
+        let mut p = [_mm256_setzero_si256(); 2];
         for b in b0..b1 {
-            // Multiply one vector of codes per weight row with the 32 activations at offset
-            // `s*32` of this block, for every activation row of the tile.
+            // Multiply the codes `c` with the 32 activations at offset `s*32` of this block.
             macro_rules! madd_step {
                 ($c:expr, $s:expr) => {
-                    for i in 0..MR {
-                        // SAFETY: the block has bw ≥ ($s+1)·32 activations at x[i] + b·bw.
-                        let xv = unsafe {
-                            _mm256_loadu_si256(x[i].add(b * bw + $s * 32) as *const __m256i)
-                        };
-                        for r in 0..NR {
-                            p[i][r] = _mm256_add_epi16(p[i][r], _mm256_maddubs_epi16($c[r], xv));
-                        }
-                    }
+                    // SAFETY: the block has bw ≥ ($s+1)·32 activations at x + b·bw.
+                    let xv =
+                        unsafe { _mm256_loadu_si256(x.add(b * bw + $s * 32) as *const __m256i) };
+                    p[$s & 1] = _mm256_add_epi16(p[$s & 1], _mm256_maddubs_epi16($c, xv));
                 };
             }
-            // SAFETY: w[r] + b·32 is inside the nb blocks of row r.
-            let raw: [__m256i; NR] = std::array::from_fn(|r| unsafe {
-                _mm256_loadu_si256(w[r].add(b * BLOCK_BYTES) as *const __m256i)
-            });
+            // SAFETY: w + b·32 is inside the nb blocks of the row.
+            let raw = unsafe { _mm256_loadu_si256(w.add(b * BLOCK_BYTES) as *const __m256i) };
             if T1 {
                 // State y = byte·3^s mod 256, kept XOR 0x80 so that unsigned compares become
                 // signed ones: (b+128)·3 ≡ 3b+128 (mod 256), so the offset survives ×3.
                 // code = (y ≥ 86) + (y ≥ 171), i.e. the top two bits of 3y.
-                let bias = _mm256_set1_epi8(-128);
                 let lo = _mm256_set1_epi8((85i32 - 128) as i8);
                 let hi = _mm256_set1_epi8((170i32 - 128) as i8);
-                let mut y: [__m256i; NR] = std::array::from_fn(|r| _mm256_xor_si256(raw[r], bias));
+                let mut y = _mm256_xor_si256(raw, _mm256_set1_epi8(-128));
                 macro_rules! t1_step {
                     ($s:expr) => {
                         if $s > 0 {
-                            for r in 0..NR {
-                                y[r] = _mm256_add_epi8(y[r], opaque(_mm256_add_epi8(y[r], y[r])));
-                            }
+                            y = _mm256_add_epi8(y, opaque(_mm256_add_epi8(y, y)));
                         }
-                        let c: [__m256i; NR] = std::array::from_fn(|r| {
-                            let m1 = _mm256_cmpgt_epi8(y[r], lo);
-                            let m2 = _mm256_cmpgt_epi8(y[r], hi);
-                            _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), m1), m2)
-                        });
+                        let m1 = _mm256_cmpgt_epi8(y, lo);
+                        let m2 = _mm256_cmpgt_epi8(y, hi);
+                        let c = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), m1), m2);
                         madd_step!(c, $s);
                     };
                 }
@@ -118,24 +102,14 @@ unsafe fn tile<const T1: bool, const MR: usize, const NR: usize>(
             } else {
                 let mask = _mm256_set1_epi8(3);
                 // 16-bit shifts are fine: the mask keeps only bits that came from the same byte.
-                let c: [__m256i; NR] =
-                    std::array::from_fn(|r| _mm256_and_si256(_mm256_srli_epi16::<6>(raw[r]), mask));
-                madd_step!(c, 0);
-                let c: [__m256i; NR] =
-                    std::array::from_fn(|r| _mm256_and_si256(_mm256_srli_epi16::<4>(raw[r]), mask));
-                madd_step!(c, 1);
-                let c: [__m256i; NR] =
-                    std::array::from_fn(|r| _mm256_and_si256(_mm256_srli_epi16::<2>(raw[r]), mask));
-                madd_step!(c, 2);
-                let c: [__m256i; NR] = std::array::from_fn(|r| _mm256_and_si256(raw[r], mask));
-                madd_step!(c, 3);
+                madd_step!(_mm256_and_si256(_mm256_srli_epi16::<6>(raw), mask), 0);
+                madd_step!(_mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask), 1);
+                madd_step!(_mm256_and_si256(_mm256_srli_epi16::<2>(raw), mask), 2);
+                madd_step!(_mm256_and_si256(raw, mask), 3);
             }
         }
-        for i in 0..MR {
-            for r in 0..NR {
-                acc[i][r] = _mm256_add_epi32(acc[i][r], _mm256_madd_epi16(p[i][r], ones));
-            }
-        }
+        let s = _mm256_add_epi16(p[0], p[1]);
+        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(s, ones));
         b0 = b1;
     }
 }
@@ -143,33 +117,6 @@ unsafe fn tile<const T1: bool, const MR: usize, const NR: usize>(
 /// Blocks whose `maddubs` results are summed in i16 lanes before widening to i32: one
 /// lane gains at most 5 · 512 = 2560 per (T1) block, so 12 blocks stay within ±30720.
 const I16_BLOCKS: usize = 12;
-
-/// Σ c·x of an MR × NR tile over whole rows (full blocks from `x`, the partial last block
-/// from `tails`), reduced to i32.
-///
-/// # Safety
-/// AVX2 available; `w[r]` point at whole packed rows of `nfull + has_tail` blocks, `x[i]` at
-/// `nfull` whole blocks of activations, and `tails[i]` at one whole block if `has_tail`.
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn tile_dot<const T1: bool, const MR: usize, const NR: usize>(
-    w: [*const u8; NR],
-    x: [*const i8; MR],
-    tails: [*const i8; MR],
-    nfull: usize,
-    has_tail: bool,
-) -> [[i32; NR]; MR] {
-    let mut acc = [[_mm256_setzero_si256(); NR]; MR];
-    // SAFETY: forwarded from the caller's contract.
-    unsafe {
-        tile::<T1, MR, NR>(w, x, nfull, &mut acc);
-        if has_tail {
-            let wt = w.map(|p| p.add(nfull * BLOCK_BYTES));
-            tile::<T1, MR, NR>(wt, tails, 1, &mut acc);
-        }
-    }
-    acc.map(|row| row.map(|v| hsum(v)))
-}
 
 /// Rows of a gemv (see [`super::gemv`]).
 ///
@@ -186,40 +133,17 @@ pub unsafe fn gemv_rows(layout: TernaryLayout, w: &[u8], rb: usize, x: &XRow<'_>
     }
 }
 
-/// Weight rows per gemv tile. 1, not 4: with four rows in flight the loop walks four
-/// interleaved 640-byte streams per 64-row task, too short for the hardware prefetcher to
-/// lock on, and the 1 × 4 tile also spills a register; one row at a time reads memory
-/// strictly sequentially. Measured (2560×2560, 1 thread): 1 × 4 reached 3.7 GB/s from DRAM
-/// and 10 GB/s from L2, 1 × 1 5.4–6.2 GB/s from DRAM and 15 GB/s from L2.
-const GEMV_ROWS_PER_TILE: usize = 1;
-
 /// How many rows ahead the gemv loop prefetches its weights (one `prefetcht0` per 64-byte
-/// line): a 64-row task is too short a stream for the hardware prefetcher alone.
+/// line): a 64-row task is too short a stream for the hardware prefetcher alone. The loop
+/// takes one row at a time, so memory is read strictly sequentially (measured, 2560×2560,
+/// 1 thread: four interleaved rows reached 3.7 GB/s from DRAM, one row 5.4–6.2 GB/s).
 const GEMV_PREFETCH_ROWS: usize = 2;
 
 #[target_feature(enable = "avx2")]
 unsafe fn gemv_rows_impl<const T1: bool>(w: &[u8], rb: usize, x: &XRow<'_>, out: &mut [i32]) {
     assert!(w.len() >= out.len() * rb);
-    let has_tail = !x.tail.is_empty();
-    let xp = [x.x.as_ptr()];
-    let tp = [if has_tail {
-        x.tail.as_ptr()
-    } else {
-        x.x.as_ptr()
-    }];
     let n = out.len();
-    let mut r = 0;
-    while r + 4 <= n && GEMV_ROWS_PER_TILE == 4 {
-        // SAFETY: rows r..r+4 are inside `w` (asserted above); x is `cols` long with
-        // nfull whole blocks and the tail one block (XRow's contract).
-        let wp: [*const u8; 4] = std::array::from_fn(|j| unsafe { w.as_ptr().add((r + j) * rb) });
-        let d = unsafe { tile_dot::<T1, 1, 4>(wp, xp, tp, x.nfull, has_tail) };
-        for j in 0..4 {
-            out[r + j] = d[0][j] - x.sum;
-        }
-        r += 4;
-    }
-    while r < n {
+    for r in 0..n {
         if r + GEMV_PREFETCH_ROWS < n {
             // SAFETY: prefetches never fault; the address is inside `w` anyway.
             let ahead = unsafe { w.as_ptr().add((r + GEMV_PREFETCH_ROWS) * rb) };
@@ -228,11 +152,17 @@ unsafe fn gemv_rows_impl<const T1: bool>(w: &[u8], rb: usize, x: &XRow<'_>, out:
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.add(off) as *const i8) };
             }
         }
-        // SAFETY: as above, for one row.
-        let d =
-            unsafe { tile_dot::<T1, 1, 1>([w.as_ptr().add(r * rb)], xp, tp, x.nfull, has_tail) };
-        out[r] = d[0][0] - x.sum;
-        r += 1;
+        let mut acc = _mm256_setzero_si256();
+        // SAFETY: row r is inside `w` (asserted above) with nfull whole blocks and, with a
+        // tail, one more; x has nfull whole blocks and the tail one block (XRow's contract).
+        unsafe {
+            let row = w.as_ptr().add(r * rb);
+            row_dot::<T1>(row, x.x.as_ptr(), x.nfull, &mut acc);
+            if !x.tail.is_empty() {
+                row_dot::<T1>(row.add(x.nfull * BLOCK_BYTES), x.tail.as_ptr(), 1, &mut acc);
+            }
+        }
+        out[r] = hsum(acc) - x.sum;
     }
 }
 
