@@ -284,6 +284,9 @@ fn rope_kv_append_and_attention_match_cpu() {
         (20, 5, 128, RopeStyle::Neox),
         (2, 1, 64, RopeStyle::Interleaved),
         (6, 3, 96, RopeStyle::Neox),
+        (8, 1, 64, RopeStyle::Neox),
+        (3, 3, 32, RopeStyle::Neox),
+        (16, 2, 256, RopeStyle::Neox),
     ] {
         let max_ctx = 300;
         let d = AttnDims {

@@ -34,6 +34,7 @@ fn all_kernels_compile_with_nvrtc() {
             "attention",
             "attn_decode",
             "attn_decode_cluster",
+            "attn_decode_gqa",
             "gpu_sleep",
             "decode_layers_d1",
             "decode_layers_d2",

@@ -412,3 +412,230 @@ attn_decode_cluster(const float* __restrict__ qkv, const u16* __restrict__ kc,
 #undef AC_CASE
 #endif
 }
+
+// Decode attention for sm_90 by KV group (replaces attn_decode_cluster where the shapes
+// allow it): one cluster of AG_S blocks per KV head takes all G query heads that share it,
+// so each key and value is loaded once for the G heads. Block r of the cluster takes the
+// r-th chunk of the positions; a half-warp (16 lanes, DL = hd/16 dimensions each) takes one
+// position at a time, a warp two, AG_U of them per load round; the G scores of a position
+// are reduced over the 16 lanes (4 shuffle steps each, not 5 per head and position). Each
+// half-warp keeps an online softmax per head; the halves merge with shuffles, the warps in
+// shared memory, the blocks through distributed shared memory (block r writes outputs
+// [r·G·hd/AG_S, (r+1)·G·hd/AG_S) of the group), in a fixed order. Dynamic shared memory:
+// (AG_W·G·(hd + 3) + G·(hd + 2)) floats.
+#define AG_S 8
+#define AG_W 8
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// DL f16 values at p (4·DL-byte aligned) as DL/2 words.
+template <int DL>
+__device__ __forceinline__ void ld_words(const u16* p, u32* w) {
+    if (DL == 8) {
+        uint4 u = __ldcg((const uint4*)p);
+        w[0] = u.x; w[1] = u.y; w[2] = u.z; w[3] = u.w;
+    } else if (DL == 4) {
+        uint2 u = __ldcg((const uint2*)p);
+        w[0] = u.x; w[1] = u.y;
+    } else {
+#pragma unroll
+        for (int i = 0; i < DL / 2; i++) w[i] = __ldcg((const unsigned int*)p + i);
+    }
+}
+
+template <int DL>
+__device__ __forceinline__ void words_f(const u32* w, float* f) {
+#pragma unroll
+    for (int i = 0; i < DL / 2; i++) {
+        f[2 * i] = h2f((u16)(w[i] & 0xffff));
+        f[2 * i + 1] = h2f((u16)(w[i] >> 16));
+    }
+}
+
+template <int DL, int G>
+__device__ __forceinline__ void attn_gqa_body(const float* qkv, const u16* kc, const u16* vc,
+                                              float* out, int n, int max_ctx, float scale,
+                                              float* sm) {
+    constexpr int hd = 16 * DL, U = DL <= 4 ? 4 : 2, share = G * hd / AG_S;
+    // Shared memory: per warp G maxima, G sums, G·hd accumulators, G merge weights; then
+    // the block's maxima, sums and accumulators.
+    float *wm = sm, *wl = sm + AG_W * G, *wacc = sm + 2 * AG_W * G;
+    float *wc = wacc + AG_W * G * hd, *bm = wc + AG_W * G, *bl = bm + G, *bacc = bl + G;
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    int half = lane >> 4, hl = lane & 15;
+    int kvh = blockIdx.y;
+    u32 rank = cluster_rank();
+    int chunk = (n + AG_S - 1) / AG_S;
+    int p0 = (int)rank * chunk, p1 = min(n, p0 + chunk);
+    float q[G][DL], acc[G][DL], m[G], l[G];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        m[g] = -3.402823466e38f;
+        l[g] = 0.0f;
+        const float* qg = qkv + (size_t)(kvh * G + g) * hd + hl * DL;
+#pragma unroll
+        for (int d = 0; d < DL; d += 2) {
+            float2 v = __ldcg((const float2*)(qg + d));
+            q[g][d] = v.x * scale;
+            q[g][d + 1] = v.y * scale;
+        }
+#pragma unroll
+        for (int d = 0; d < DL; d++) acc[g][d] = 0.0f;
+    }
+    const u16* kb = kc + (size_t)kvh * max_ctx * hd + hl * DL;
+    const u16* vb = vc + (size_t)kvh * max_ctx * hd + hl * DL;
+    constexpr int step = 2 * AG_W;  // positions a block covers per load
+    for (int pb = p0 + 2 * warp + half; pb - half < p1; pb += U * step) {
+        u32 kw[U][DL / 2], vw[U][DL / 2];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int p = pb + u * step;
+            if (p < p1) {
+                ld_words<DL>(kb + (size_t)p * hd, kw[u]);
+                ld_words<DL>(vb + (size_t)p * hd, vw[u]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < DL / 2; i++) kw[u][i] = vw[u][i] = 0u;
+            }
+        }
+        float s[U][G];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float kf[DL];
+            words_f<DL>(kw[u], kf);
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float a = 0.0f;
+#pragma unroll
+                for (int d = 0; d < DL; d++) a += q[g][d] * kf[d];
+#pragma unroll
+                for (int o = 8; o > 0; o >>= 1) a += __shfl_xor_sync(FULL_MASK, a, o);
+                s[u][g] = a;
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float mb = m[g];
+#pragma unroll
+            for (int u = 0; u < U; u++)
+                if (pb + u * step < p1) mb = fmaxf(mb, s[u][g]);
+            float c = expf(m[g] - mb);
+            l[g] *= c;
+#pragma unroll
+            for (int d = 0; d < DL; d++) acc[g][d] *= c;
+            m[g] = mb;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (pb + u * step < p1) {
+                float vf[DL];
+                words_f<DL>(vw[u], vf);
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                    float e = expf(s[u][g] - m[g]);
+                    l[g] += e;
+#pragma unroll
+                    for (int d = 0; d < DL; d++) acc[g][d] += e * vf[d];
+                }
+            }
+        }
+    }
+    // The two half-warps' states (same dimensions, other positions).
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        float mo = __shfl_xor_sync(FULL_MASK, m[g], 16);
+        float lo = __shfl_xor_sync(FULL_MASK, l[g], 16);
+        float M = fmaxf(m[g], mo);
+        float c = expf(m[g] - M), co = expf(mo - M);
+        l[g] = l[g] * c + lo * co;
+#pragma unroll
+        for (int d = 0; d < DL; d++) {
+            float ao = __shfl_xor_sync(FULL_MASK, acc[g][d], 16);
+            acc[g][d] = acc[g][d] * c + ao * co;
+        }
+        m[g] = M;
+    }
+    if (half == 0) {
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            if (hl == 0) {
+                wm[warp * G + g] = m[g];
+                wl[warp * G + g] = l[g];
+            }
+#pragma unroll
+            for (int d = 0; d < DL; d++) wacc[(warp * G + g) * hd + hl * DL + d] = acc[g][d];
+        }
+    }
+    __syncthreads();
+    // This block's state per head: the warps' states rescaled to the largest max (thread g
+    // computes head g's weights once, then every thread sums its outputs).
+    if (tid < G) {
+        float M = wm[tid];
+#pragma unroll
+        for (int w = 1; w < AG_W; w++) M = fmaxf(M, wm[w * G + tid]);
+        float t = 0.0f;
+#pragma unroll
+        for (int w = 0; w < AG_W; w++) {
+            float c = expf(wm[w * G + tid] - M);
+            wc[w * G + tid] = c;
+            t += c * wl[w * G + tid];
+        }
+        bm[tid] = M;
+        bl[tid] = t;
+    }
+    __syncthreads();
+    for (int i = tid; i < G * hd; i += 32 * AG_W) {
+        int g = i / hd;
+        float o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < AG_W; w++) o += wc[w * G + g] * wacc[w * G * hd + i];
+        bacc[i] = o;
+    }
+    cluster_sync();
+    // The cluster's state for this block's share of the group's outputs.
+    if (tid < share) {
+        int i = (int)rank * share + tid, g = i / hd;
+        float ms[AG_S], ls[AG_S], os[AG_S];
+#pragma unroll
+        for (int r = 0; r < AG_S; r++) {
+            ms[r] = ld_cluster(bm + g, r);
+            ls[r] = ld_cluster(bl + g, r);
+            os[r] = ld_cluster(bacc + i, r);
+        }
+        float Mc = ms[0];
+#pragma unroll
+        for (int r = 1; r < AG_S; r++) Mc = fmaxf(Mc, ms[r]);
+        float L = 0.0f, o = 0.0f;
+#pragma unroll
+        for (int r = 0; r < AG_S; r++) {
+            float c = expf(ms[r] - Mc);
+            L += c * ls[r];
+            o += c * os[r];
+        }
+        out[(size_t)kvh * G * hd + i] = o / L;
+    }
+    cluster_sync();  // keep this block's shared memory alive until the others have read it
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(256)
+attn_decode_gqa(const float* __restrict__ qkv, const u16* __restrict__ kc,
+                const u16* __restrict__ vc, float* __restrict__ out,
+                const i32* __restrict__ ctl, int nh, int nkv, int hd, int max_ctx,
+                float scale) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    PDL_WAIT();
+    PDL_LAUNCH();
+    extern __shared__ float agsm[];
+    int n = ctl[0] + 1;
+    int g = nh / nkv;
+#define AG_CASE(DL, G)                                                                     \
+    if (hd == 16 * DL && g == G) {                                                         \
+        attn_gqa_body<DL, G>(qkv, kc, vc, out, n, max_ctx, scale, agsm);                   \
+        return;                                                                            \
+    }
+    AG_CASE(2, 1) AG_CASE(2, 2) AG_CASE(2, 4) AG_CASE(2, 8)
+    AG_CASE(4, 1) AG_CASE(4, 2) AG_CASE(4, 4) AG_CASE(4, 8)
+    AG_CASE(6, 1) AG_CASE(6, 2) AG_CASE(6, 4)
+    AG_CASE(8, 1) AG_CASE(8, 2) AG_CASE(8, 4)
+#undef AG_CASE
+#endif
+}

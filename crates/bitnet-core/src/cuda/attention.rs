@@ -2,6 +2,8 @@
 //! for prefill (many tokens, [`attention`]) and for decode (one token split over positions,
 //! [`attention_decode`]).
 
+use std::sync::OnceLock;
+
 use super::ops::AttnDims;
 use super::{Arg, CudaDevice, DevBuf, Stream, K};
 use crate::error::{Error, Result};
@@ -100,8 +102,9 @@ impl DecodeScratch {
 
 /// Attention of one query token (row 0 of `qkv`, position `ctl[0]`, its key and value
 /// already in the cache) over positions `0 ..= ctl[0]` into `out` (`n_heads·head_dim`),
-/// split over positions: on sm_90, one cluster of 8 blocks per head merged through
-/// distributed shared memory; before that, `n_heads × splits` blocks combined by the last
+/// split over positions: on sm_90, one cluster of 8 blocks per KV head for all the query
+/// heads that share it (or, for shapes that kernel is not built for, per query head),
+/// merged through distributed shared memory; before that, `n_heads × splits` blocks combined by the last
 /// block of each head.
 /// `ctl[0] + 1` must not exceed the `max_positions` the scratch was made for.
 pub fn attention_decode(
@@ -145,6 +148,20 @@ pub fn attention_decode(
         Arg::I(d.max_ctx as i32),
         Arg::F(scale),
     ];
+    if dev.has_clusters() && gqa_kernel_fits(d) {
+        // One cluster of GQA_SPLITS blocks per KV head for all its query heads.
+        let g = d.n_heads / d.n_kv_heads;
+        let smem = (GQA_WARPS * g * (d.head_dim + 3) + g * (d.head_dim + 2)) * 4;
+        return dev.launch_cluster(
+            K::AttnDecodeGqa,
+            stream,
+            (GQA_SPLITS, d.n_kv_heads as u32, 1),
+            (32 * GQA_WARPS as u32, 1, 1),
+            smem as u32,
+            &args,
+            GQA_SPLITS,
+        );
+    }
     if dev.has_clusters() {
         // One cluster of CLUSTER_SPLITS blocks per head, merged through distributed shared
         // memory (attn_decode_cluster: no scratch, no counters).
@@ -178,6 +195,25 @@ pub fn attention_decode(
         ]
         .concat(),
     )
+}
+
+/// Blocks per KV head (`AG_S` in attention.cu) and warps per block (`AG_W`) of the sm_90
+/// decode attention by KV group.
+const GQA_SPLITS: u32 = 8;
+const GQA_WARPS: usize = 8;
+
+/// Whether `attn_decode_gqa` is built for these shapes (head_dim 32, 64, 96 or 128 and
+/// 1, 2, 4 or 8 query heads per KV head, at most 32 registers of query per lane) and not
+/// turned off with `BITNET_CUDA_GQA=0` (which keeps one cluster per query head).
+fn gqa_kernel_fits(d: AttnDims) -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("BITNET_CUDA_GQA").map_or(true, |v| v != "0"));
+    let g = d.n_heads / d.n_kv_heads;
+    let dl = d.head_dim / 16;
+    on && d.head_dim.is_multiple_of(16)
+        && matches!(dl, 2 | 4 | 6 | 8)
+        && matches!(g, 1 | 2 | 4 | 8)
+        && g * dl <= 32
 }
 
 /// Blocks per head (the cluster size, `AC_S` in attention.cu) and warps per block (`AC_W`)
