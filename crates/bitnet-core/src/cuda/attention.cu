@@ -417,7 +417,7 @@ attn_decode_cluster(const float* __restrict__ qkv, const u16* __restrict__ kc,
 // allow it): one cluster of AG_S blocks per KV head takes all G query heads that share it,
 // so each key and value is loaded once for the G heads. Block r of the cluster takes the
 // r-th chunk of the positions; a half-warp (16 lanes, DL = hd/16 dimensions each) takes one
-// position at a time, a warp two, AG_U of them per load round; the G scores of a position
+// position at a time, a warp two, U of them per load round (4, or 2 at hd 128); the G scores of a position
 // are reduced over the 16 lanes (4 shuffle steps each, not 5 per head and position). Each
 // half-warp keeps an online softmax per head; the halves merge with shuffles, the warps in
 // shared memory, the blocks through distributed shared memory (block r writes outputs

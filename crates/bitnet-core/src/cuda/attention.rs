@@ -104,8 +104,8 @@ impl DecodeScratch {
 /// already in the cache) over positions `0 ..= ctl[0]` into `out` (`n_heads·head_dim`),
 /// split over positions: on sm_90, one cluster of 8 blocks per KV head for all the query
 /// heads that share it (or, for shapes that kernel is not built for, per query head),
-/// merged through distributed shared memory; before that, `n_heads × splits` blocks combined by the last
-/// block of each head.
+/// merged through distributed shared memory; before that, `n_heads × splits` blocks
+/// combined by the last block of each head.
 /// `ctl[0] + 1` must not exceed the `max_positions` the scratch was made for.
 pub fn attention_decode(
     dev: &CudaDevice,
