@@ -417,8 +417,9 @@ attn_decode_cluster(const float* __restrict__ qkv, const u16* __restrict__ kc,
 // allow it): one cluster of AG_S blocks per KV head takes all G query heads that share it,
 // so each key and value is loaded once for the G heads. Block r of the cluster takes the
 // r-th chunk of the positions; a half-warp (16 lanes, DL = hd/16 dimensions each) takes one
-// position at a time, a warp two, U of them per load round (4, or 2 at hd 128); the G scores of a position
-// are reduced over the 16 lanes (4 shuffle steps each, not 5 per head and position). Each
+// position at a time, a warp two, U of them per load round (4; 2 for hd > 64); the G scores
+// of a position are reduced over the 16 lanes (4 shuffle steps each, not 5 per head and
+// position). Each
 // half-warp keeps an online softmax per head; the halves merge with shuffles, the warps in
 // shared memory, the blocks through distributed shared memory (block r writes outputs
 // [r·G·hd/AG_S, (r+1)·G·hd/AG_S) of the group), in a fixed order. Dynamic shared memory:
@@ -426,7 +427,7 @@ attn_decode_cluster(const float* __restrict__ qkv, const u16* __restrict__ kc,
 #define AG_S 8
 #define AG_W 8
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// DL f16 values at p (4·DL-byte aligned) as DL/2 words.
+// DL f16 values at p (2·DL-byte aligned) as DL/2 words.
 template <int DL>
 __device__ __forceinline__ void ld_words(const u16* p, u32* w) {
     if (DL == 8) {
