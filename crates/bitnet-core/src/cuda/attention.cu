@@ -79,6 +79,30 @@ attention(const float* __restrict__ qkv, const u16* __restrict__ kc, const u16* 
     }
 }
 
+// DL f16 values at p (2·DL-byte aligned) as DL/2 words.
+template <int DL>
+__device__ __forceinline__ void ld_words(const u16* p, u32* w) {
+    if constexpr (DL == 8) {
+        uint4 u = __ldcg((const uint4*)p);
+        w[0] = u.x; w[1] = u.y; w[2] = u.z; w[3] = u.w;
+    } else if constexpr (DL == 4) {
+        uint2 u = __ldcg((const uint2*)p);
+        w[0] = u.x; w[1] = u.y;
+    } else {
+#pragma unroll
+        for (int i = 0; i < DL / 2; i++) w[i] = __ldcg((const unsigned int*)p + i);
+    }
+}
+
+template <int DL>
+__device__ __forceinline__ void words_f(const u32* w, float* f) {
+#pragma unroll
+    for (int i = 0; i < DL / 2; i++) {
+        f[2 * i] = h2f((u16)(w[i] & 0xffff));
+        f[2 * i + 1] = h2f((u16)(w[i] >> 16));
+    }
+}
+
 // Decode attention (one query token at position ctl[0], positions 0 ..= ctl[0]), split
 // over positions (flash-decoding): work item (h, sp) takes the sp-th of S equal chunks of
 // the positions with the W warps of a block. Lanes own D = hd/32 consecutive dimensions,
@@ -92,21 +116,13 @@ attention(const float* __restrict__ qkv, const u16* __restrict__ kc, const u16* 
 // through L2 (ld.global.cg): in the persistent kernel other blocks wrote them.
 // Shared memory `sm`: chunk_max + W·hd floats.
 #define AD_U 8
+// D f16 values at p as floats (one wide load for even D).
 template <int D>
 __device__ __forceinline__ void ld_h(const u16* p, float* f) {
-    if (D == 8) {
-        uint4 u = __ldcg((const uint4*)p);
-        f[0] = h2f((u16)(u.x & 0xffff)); f[1] = h2f((u16)(u.x >> 16));
-        f[2] = h2f((u16)(u.y & 0xffff)); f[3] = h2f((u16)(u.y >> 16));
-        f[4] = h2f((u16)(u.z & 0xffff)); f[5] = h2f((u16)(u.z >> 16));
-        f[6] = h2f((u16)(u.w & 0xffff)); f[7] = h2f((u16)(u.w >> 16));
-    } else if (D == 4) {
-        uint2 u = __ldcg((const uint2*)p);
-        f[0] = h2f((u16)(u.x & 0xffff)); f[1] = h2f((u16)(u.x >> 16));
-        f[2] = h2f((u16)(u.y & 0xffff)); f[3] = h2f((u16)(u.y >> 16));
-    } else if (D == 2) {
-        u32 u = __ldcg((const unsigned int*)p);
-        f[0] = h2f((u16)(u & 0xffff)); f[1] = h2f((u16)(u >> 16));
+    if constexpr (D % 2 == 0) {
+        u32 w[D / 2];
+        ld_words<D>(p, w);
+        words_f<D>(w, f);
     } else {
 #pragma unroll
         for (int d = 0; d < D; d++) f[d] = h2f(__ldcg((const unsigned short*)p + d));
@@ -278,6 +294,31 @@ __device__ __forceinline__ float ld_cluster(const float* p, u32 rank) {
     return v;
 }
 
+// One output merged across the S blocks of a cluster in rank order: block r's running max
+// at m, its sum of weights at l and its accumulator at o (this block's shared-memory
+// addresses; the same offsets in every block).
+template <int S>
+__device__ __forceinline__ float cluster_merge(const float* m, const float* l, const float* o) {
+    float ms[S], ls[S], os[S];
+#pragma unroll
+    for (int r = 0; r < S; r++) {
+        ms[r] = ld_cluster(m, r);
+        ls[r] = ld_cluster(l, r);
+        os[r] = ld_cluster(o, r);
+    }
+    float Mc = ms[0];
+#pragma unroll
+    for (int r = 1; r < S; r++) Mc = fmaxf(Mc, ms[r]);
+    float L = 0.0f, v = 0.0f;
+#pragma unroll
+    for (int r = 0; r < S; r++) {
+        float c = expf(ms[r] - Mc);
+        L += c * ls[r];
+        v += c * os[r];
+    }
+    return v / L;
+}
+
 template <int D>
 __device__ __forceinline__ void attn_cluster_body(const float* qkv, const u16* kc,
                                                   const u16* vc, float* out, int n, int nh,
@@ -367,26 +408,9 @@ __device__ __forceinline__ void attn_cluster_body(const float* qkv, const u16* k
     cluster_sync();
     // The cluster's state for this block's share of the dimensions.
     constexpr int share = hd / AC_S;
-    if (tid < share) {
-        float ms[AC_S], ls[AC_S], os[AC_S];
-#pragma unroll
-        for (int r = 0; r < AC_S; r++) {
-            ms[r] = ld_cluster(bml, r);
-            ls[r] = ld_cluster(bml + 1, r);
-            os[r] = ld_cluster(bacc + rank * share + tid, r);
-        }
-        float Mc = ms[0];
-#pragma unroll
-        for (int r = 1; r < AC_S; r++) Mc = fmaxf(Mc, ms[r]);
-        float L = 0.0f, o = 0.0f;
-#pragma unroll
-        for (int r = 0; r < AC_S; r++) {
-            float c = expf(ms[r] - Mc);
-            L += c * ls[r];
-            o += c * os[r];
-        }
-        out[(size_t)h * hd + rank * share + tid] = o / L;
-    }
+    if (tid < share)
+        out[(size_t)h * hd + rank * share + tid] =
+            cluster_merge<AC_S>(bml, bml + 1, bacc + rank * share + tid);
     cluster_sync();  // keep this block's shared memory alive until the others have read it
 }
 #endif
@@ -427,30 +451,6 @@ attn_decode_cluster(const float* __restrict__ qkv, const u16* __restrict__ kc,
 #define AG_S 8
 #define AG_W 8
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// DL f16 values at p (2·DL-byte aligned) as DL/2 words.
-template <int DL>
-__device__ __forceinline__ void ld_words(const u16* p, u32* w) {
-    if (DL == 8) {
-        uint4 u = __ldcg((const uint4*)p);
-        w[0] = u.x; w[1] = u.y; w[2] = u.z; w[3] = u.w;
-    } else if (DL == 4) {
-        uint2 u = __ldcg((const uint2*)p);
-        w[0] = u.x; w[1] = u.y;
-    } else {
-#pragma unroll
-        for (int i = 0; i < DL / 2; i++) w[i] = __ldcg((const unsigned int*)p + i);
-    }
-}
-
-template <int DL>
-__device__ __forceinline__ void words_f(const u32* w, float* f) {
-#pragma unroll
-    for (int i = 0; i < DL / 2; i++) {
-        f[2 * i] = h2f((u16)(w[i] & 0xffff));
-        f[2 * i + 1] = h2f((u16)(w[i] >> 16));
-    }
-}
-
 template <int DL, int G>
 __device__ __forceinline__ void attn_gqa_body(const float* qkv, const u16* kc, const u16* vc,
                                               float* out, int n, int max_ctx, float scale,
@@ -594,24 +594,7 @@ __device__ __forceinline__ void attn_gqa_body(const float* qkv, const u16* kc, c
     // The cluster's state for this block's share of the group's outputs.
     if (tid < share) {
         int i = (int)rank * share + tid, g = i / hd;
-        float ms[AG_S], ls[AG_S], os[AG_S];
-#pragma unroll
-        for (int r = 0; r < AG_S; r++) {
-            ms[r] = ld_cluster(bm + g, r);
-            ls[r] = ld_cluster(bl + g, r);
-            os[r] = ld_cluster(bacc + i, r);
-        }
-        float Mc = ms[0];
-#pragma unroll
-        for (int r = 1; r < AG_S; r++) Mc = fmaxf(Mc, ms[r]);
-        float L = 0.0f, o = 0.0f;
-#pragma unroll
-        for (int r = 0; r < AG_S; r++) {
-            float c = expf(ms[r] - Mc);
-            L += c * ls[r];
-            o += c * os[r];
-        }
-        out[(size_t)kvh * G * hd + i] = o / L;
+        out[(size_t)kvh * G * hd + i] = cluster_merge<AG_S>(bm + g, bl + g, bacc + i);
     }
     cluster_sync();  // keep this block's shared memory alive until the others have read it
 }
