@@ -52,15 +52,23 @@ __device__ __forceinline__ T warp_reduce(T v, Op op) {
     return v;
 }
 
+// One barrier: for an `sh` that the block uses for this reduction only (nothing may read
+// it from an earlier reduction when it is written).
 template <typename T, typename Op>
-__device__ __forceinline__ T block_reduce(T v, T* sh, T identity, Op op) {
+__device__ __forceinline__ T block_reduce_once(T v, T* sh, T identity, Op op) {
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
     v = warp_reduce(v, op);
-    __syncthreads();
     if (lane == 0) sh[w] = v;
     __syncthreads();
     T t = lane < nw ? sh[lane] : identity;
     return warp_reduce(t, op);
+}
+
+// Two barriers: `sh` may be reused by consecutive reductions.
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T v, T* sh, T identity, Op op) {
+    __syncthreads();
+    return block_reduce_once(v, sh, identity, op);
 }
 
 __device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, OpAdd()); }

@@ -7,8 +7,9 @@
 // a = 127 / max(|y|max, 1e-5), q = clamp(rint(y·a)) (round half to even). Writes the
 // factor 1/a, Σq (for the ternary kernels' code offset) and zeros in the padding [K, kp).
 // Rows of up to NQ_E·blockDim values are read once into registers (the wrapper picks
-// blockDim ≈ K/4, up to 1024: one global read per value, three block reductions); longer
-// rows loop over global memory. The norm weights are loaded before PDL_WAIT.
+// blockDim ≈ K/8, up to 1024: one global read per value, three block reductions of one
+// barrier each, each into its own shared array); longer rows loop over global memory. The
+// norm weights are loaded before PDL_WAIT.
 #define NQ_E 8
 extern "C" __global__ void __launch_bounds__(1024)
 rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, int kp, float eps,
@@ -39,7 +40,7 @@ rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, i
             double v = (double)xv[e];
             ss += v * v;
         }
-        ss = block_sum_d(ss, shd);
+        ss = block_reduce_once(ss, shd, 0.0, OpAdd());
         float var = (float)(ss / (double)K);
         float r = 1.0f / sqrtf(var + eps);
         float am = 0.0f;
@@ -48,7 +49,7 @@ rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, i
             xv[e] = wv[e] * (xv[e] * r);
             am = fmaxf(am, fabsf(xv[e]));
         }
-        am = block_max(am, shf);
+        am = block_reduce_once(am, shf, 0.0f, OpMax());
         float a = 127.0f / fmaxf(am, 1e-5f);
         int s = 0;
 #pragma unroll
@@ -63,7 +64,7 @@ rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, i
             }
         }
         for (int k = K + tid; k < kp; k += bd) qr[k] = 0;
-        s = block_sum_i(s, shi);
+        s = block_reduce_once(s, shi, 0, OpAdd());
         if (tid == 0) {
             qf[row] = 1.0f / a;
             qs[row] = s;
@@ -77,12 +78,12 @@ rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, i
         double v = (double)xr[k];
         ss += v * v;
     }
-    ss = block_sum_d(ss, shd);
+    ss = block_reduce_once(ss, shd, 0.0, OpAdd());
     float var = (float)(ss / (double)K);
     float r = 1.0f / sqrtf(var + eps);
     float am = 0.0f;
     for (int k = tid; k < K; k += bd) am = fmaxf(am, fabsf(w[k] * (xr[k] * r)));
-    am = block_max(am, shf);
+    am = block_reduce_once(am, shf, 0.0f, OpMax());
     float a = 127.0f / fmaxf(am, 1e-5f);
     int s = 0;
     for (int k = tid; k < K; k += bd) {
@@ -93,7 +94,7 @@ rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, i
         s += qi;
     }
     for (int k = K + tid; k < kp; k += bd) qr[k] = 0;
-    s = block_sum_i(s, shi);
+    s = block_reduce_once(s, shi, 0, OpAdd());
     if (tid == 0) {
         qf[row] = 1.0f / a;
         qs[row] = s;
@@ -114,7 +115,7 @@ rmsnorm_f32(const float* __restrict__ x, const float* __restrict__ w, int K, flo
         double v = (double)xr[k];
         ss += v * v;
     }
-    ss = block_sum_d(ss, shd);
+    ss = block_reduce_once(ss, shd, 0.0, OpAdd());
     float var = (float)(ss / (double)K);
     float r = 1.0f / sqrtf(var + eps);
     for (int k = tid; k < K; k += bd) out[(size_t)row * K + k] = w[k] * (xr[k] * r);

@@ -51,8 +51,8 @@ pub fn rmsnorm_quant(
     acts.k = k;
     acts.kp = kp;
     acts.rows = m;
-    // About four values per thread, held in registers (the kernel loops for longer rows).
-    let threads = (k.div_ceil(4).div_ceil(32) * 32).clamp(64, 1024) as u32;
+    // About eight values per thread, held in registers (the kernel loops for longer rows).
+    let threads = (k.div_ceil(8).div_ceil(32) * 32).clamp(64, 1024) as u32;
     dev.launch(
         K::RmsnormQuant,
         stream,
