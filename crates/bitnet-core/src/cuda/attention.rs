@@ -41,26 +41,38 @@ pub fn attention(
     }
     let smem = (9 * d.head_dim + max_positions) * 4; // q, 8 warps' partial outputs, scores
     dev.ensure_smem(K::Attention, smem)?;
-    let scale = 1.0f32 / (d.head_dim as f32).sqrt();
     dev.launch(
         K::Attention,
         stream,
         (d.n_heads as u32, m as u32, 1),
         (256, 1, 1),
         smem as u32,
-        &[
-            Arg::P(qkv.ptr()),
-            Arg::P(kc.ptr()),
-            Arg::P(vc.ptr()),
-            Arg::P(out.ptr()),
-            Arg::P(ctl.ptr()),
-            Arg::I(d.n_heads as i32),
-            Arg::I(d.n_kv_heads as i32),
-            Arg::I(d.head_dim as i32),
-            Arg::I(d.max_ctx as i32),
-            Arg::F(scale),
-        ],
+        &attn_args(qkv, kc, vc, out, ctl, d),
     )
+}
+
+/// The parameters every attention kernel starts with: q|k|v rows, caches, output, control
+/// block, head counts and sizes, and the score scale 1/√head_dim.
+fn attn_args(
+    qkv: &DevBuf<f32>,
+    kc: &DevBuf<u16>,
+    vc: &DevBuf<u16>,
+    out: &DevBuf<f32>,
+    ctl: &DevBuf<i32>,
+    d: AttnDims,
+) -> [Arg; 10] {
+    [
+        Arg::P(qkv.ptr()),
+        Arg::P(kc.ptr()),
+        Arg::P(vc.ptr()),
+        Arg::P(out.ptr()),
+        Arg::P(ctl.ptr()),
+        Arg::I(d.n_heads as i32),
+        Arg::I(d.n_kv_heads as i32),
+        Arg::I(d.head_dim as i32),
+        Arg::I(d.max_ctx as i32),
+        Arg::F(1.0f32 / (d.head_dim as f32).sqrt()),
+    ]
 }
 
 /// Device scratch of [`attention_decode`]: the per-split partial outputs and one counter
@@ -134,20 +146,8 @@ pub fn attention_decode(
             format!("buffers do not fit {d:?}"),
         ));
     }
-    let scale = 1.0f32 / (d.head_dim as f32).sqrt();
-    // The parameters both decode kernels share; the global-memory merge adds its scratch.
-    let args = [
-        Arg::P(qkv.ptr()),
-        Arg::P(kc.ptr()),
-        Arg::P(vc.ptr()),
-        Arg::P(out.ptr()),
-        Arg::P(ctl.ptr()),
-        Arg::I(d.n_heads as i32),
-        Arg::I(d.n_kv_heads as i32),
-        Arg::I(d.head_dim as i32),
-        Arg::I(d.max_ctx as i32),
-        Arg::F(scale),
-    ];
+    // The cluster kernels take just these; the global-memory merge adds its scratch.
+    let args = attn_args(qkv, kc, vc, out, ctl, d);
     if dev.has_clusters() && gqa_kernel_fits(d) {
         // One cluster of GQA_SPLITS blocks per KV head for all its query heads.
         let g = d.n_heads / d.n_kv_heads;
