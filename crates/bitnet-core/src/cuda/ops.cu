@@ -216,12 +216,103 @@ __device__ __forceinline__ float dot4_i8(u32 w, float4 x) {
            (float)((int)(w << 8) >> 24) * x.z + (float)((int)w >> 24) * x.w;
 }
 
+// One 16-byte load of weights (16 int8 or 8 f16) against the x values at its columns
+// (four float4, or two for f16).
+template <bool I8>
+__device__ __forceinline__ void head_x(const float* __restrict__ x, int j, float4* xv) {
+    const float4* xr = (const float4*)x + (I8 ? 4 : 2) * j;
+    xv[0] = __ldg(xr);
+    xv[1] = __ldg(xr + 1);
+    if (I8) {
+        xv[2] = __ldg(xr + 2);
+        xv[3] = __ldg(xr + 3);
+    }
+}
+
+template <bool I8>
+__device__ __forceinline__ float head_dot(uint4 w, const float4* xv) {
+    if (I8) {
+        return dot4_i8(w.x, xv[0]) + dot4_i8(w.y, xv[1]) + dot4_i8(w.z, xv[2]) +
+               dot4_i8(w.w, xv[3]);
+    }
+    float4 xa = xv[0], xb = xv[1];
+    return h2f((u16)(w.x & 0xffff)) * xa.x + h2f((u16)(w.x >> 16)) * xa.y +
+           h2f((u16)(w.y & 0xffff)) * xa.z + h2f((u16)(w.y >> 16)) * xa.w +
+           h2f((u16)(w.z & 0xffff)) * xb.x + h2f((u16)(w.z >> 16)) * xb.y +
+           h2f((u16)(w.w & 0xffff)) * xb.z + h2f((u16)(w.w >> 16)) * xb.w;
+}
+
+// One row of x (decode): the warp's HEAD_RPW vocabulary rows side by side, so that each
+// load of x serves all of them (x, not the weights, dominates the loads otherwise), two
+// column steps of HEAD_RPW 16-byte weight loads in flight per lane.
+#define HEAD_U 2
+template <bool I8>
+__device__ __forceinline__ void head_one(const uint4* __restrict__ W,
+                                         const float* __restrict__ S,
+                                         const float* __restrict__ x,
+                                         float* __restrict__ logits, int V, int H, u64* best) {
+    int lane = threadIdx.x & 31;
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int hw = I8 ? H >> 4 : H >> 3;
+    int v0 = warp * HEAD_RPW;
+    uint4 p[HEAD_U][HEAD_RPW];
+    float sc[HEAD_U][HEAD_RPW];
+    float acc[HEAD_RPW];
+    auto load = [&](int j0) {
+#pragma unroll
+        for (int u = 0; u < HEAD_U; u++) {
+#pragma unroll
+            for (int r = 0; r < HEAD_RPW; r++) {
+                int j = j0 + 32 * u;
+                bool ok = v0 + r < V && j < hw;
+                size_t at = (size_t)(v0 + r) * hw + j;
+                p[u][r] = ok ? ld_stream(W + at) : make_uint4(0, 0, 0, 0);
+                sc[u][r] = I8 && ok ? __ldg(S + at) : 1.0f;
+            }
+        }
+    };
+    load(lane);  // before PDL_WAIT: the weights are constant
+    PDL_WAIT();
+    PDL_LAUNCH();
+#pragma unroll
+    for (int r = 0; r < HEAD_RPW; r++) acc[r] = 0.0f;
+    for (int j0 = lane; j0 < hw; j0 += 32 * HEAD_U) {
+        if (j0 != lane) load(j0);
+#pragma unroll
+        for (int u = 0; u < HEAD_U; u++) {
+            int j = j0 + 32 * u;
+            if (j >= hw) break;
+            float4 xv[4];
+            head_x<I8>(x, j, xv);
+#pragma unroll
+            for (int r = 0; r < HEAD_RPW; r++) {
+                float g = head_dot<I8>(p[u][r], xv);
+                acc[r] += I8 ? sc[u][r] * g : g;
+            }
+        }
+    }
+    u64 key = 0ull;
+#pragma unroll
+    for (int r = 0; r < HEAD_RPW; r++) {
+        float s = warp_sum(acc[r]);
+        if (v0 + r < V) {
+            if (lane == 0) logits[v0 + r] = s;
+            key = umax64(key, argmax_key(s, (u32)(v0 + r)));
+        }
+    }
+    if (best) block_argmax_commit(key, best);
+}
+
 template <bool I8>
 __device__ __forceinline__ void head_impl(const uint4* __restrict__ W,
                                           const float* __restrict__ S,
                                           const float* __restrict__ x,
                                           float* __restrict__ logits, int V, int H, int rows,
                                           u64* best) {
+    if (rows == 1) {
+        head_one<I8>(W, S, x, logits, V, H, best);
+        return;
+    }
     int lane = threadIdx.x & 31;
     int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     int hw = I8 ? H >> 4 : H >> 3;
