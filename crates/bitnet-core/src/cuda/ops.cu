@@ -216,8 +216,8 @@ __device__ __forceinline__ float dot4_i8(u32 w, float4 x) {
            (float)((int)(w << 8) >> 24) * x.z + (float)((int)w >> 24) * x.w;
 }
 
-// One 16-byte load of weights (16 int8 or 8 f16) against the x values at its columns
-// (four float4, or two for f16).
+// The x values at the columns of one 16-byte load of weights: four float4 (16 int8
+// weights) or two (8 f16); head_dot takes the load against them.
 template <bool I8>
 __device__ __forceinline__ void head_x(const float* __restrict__ x, int j, float4* xv) {
     const float4* xr = (const float4*)x + (I8 ? 4 : 2) * j;
@@ -354,30 +354,13 @@ __device__ __forceinline__ void head_impl(const uint4* __restrict__ W,
             for (int u = 0; u < 4; u++) {
                 int j = j0 + 32 * u;
                 if (j >= hw) break;
-                if (I8) {
 #pragma unroll
-                    for (int r = 0; r < HEAD_MAXR; r++) {
-                        if (r < rows) {
-                            const float4* xr = (const float4*)(x + (size_t)r * H) + 4 * j;
-                            float g = dot4_i8(p[u].x, __ldg(xr)) + dot4_i8(p[u].y, __ldg(xr + 1)) +
-                                      dot4_i8(p[u].z, __ldg(xr + 2)) + dot4_i8(p[u].w, __ldg(xr + 3));
-                            acc[r] += sc[u] * g;
-                        }
-                    }
-                } else {
-                    float wf[8];
-                    wf[0] = h2f((u16)(p[u].x & 0xffff)); wf[1] = h2f((u16)(p[u].x >> 16));
-                    wf[2] = h2f((u16)(p[u].y & 0xffff)); wf[3] = h2f((u16)(p[u].y >> 16));
-                    wf[4] = h2f((u16)(p[u].z & 0xffff)); wf[5] = h2f((u16)(p[u].z >> 16));
-                    wf[6] = h2f((u16)(p[u].w & 0xffff)); wf[7] = h2f((u16)(p[u].w >> 16));
-#pragma unroll
-                    for (int r = 0; r < HEAD_MAXR; r++) {
-                        if (r < rows) {
-                            const float4* xr = (const float4*)(x + (size_t)r * H) + 2 * j;
-                            float4 xa = __ldg(xr), xb = __ldg(xr + 1);
-                            acc[r] += wf[0] * xa.x + wf[1] * xa.y + wf[2] * xa.z + wf[3] * xa.w +
-                                      wf[4] * xb.x + wf[5] * xb.y + wf[6] * xb.z + wf[7] * xb.w;
-                        }
+                for (int r = 0; r < HEAD_MAXR; r++) {
+                    if (r < rows) {
+                        float4 xv[4];
+                        head_x<I8>(x + (size_t)r * H, j, xv);
+                        float g = head_dot<I8>(p[u], xv);
+                        acc[r] += I8 ? sc[u] * g : g;
                     }
                 }
             }
