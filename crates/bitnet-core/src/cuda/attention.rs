@@ -148,32 +148,32 @@ pub fn attention_decode(
     }
     // The cluster kernels take just these; the global-memory merge adds its scratch.
     let args = attn_args(qkv, kc, vc, out, ctl, d);
-    if dev.has_clusters() && gqa_kernel_fits(d) {
-        // One cluster of GQA_SPLITS blocks per KV head for all its query heads.
-        let g = d.n_heads / d.n_kv_heads;
-        let smem = (GQA_WARPS * g * (d.head_dim + 3) + g * (d.head_dim + 2)) * 4;
-        return dev.launch_cluster(
-            K::AttnDecodeGqa,
-            stream,
-            (GQA_SPLITS, d.n_kv_heads as u32, 1),
-            (32 * GQA_WARPS as u32, 1, 1),
-            smem as u32,
-            &args,
-            GQA_SPLITS,
-        );
-    }
     if dev.has_clusters() {
-        // One cluster of CLUSTER_SPLITS blocks per head, merged through distributed shared
-        // memory (attn_decode_cluster: no scratch, no counters).
-        let smem = (2 * CLUSTER_WARPS + 2 + (CLUSTER_WARPS + 1) * d.head_dim) * 4;
+        // Clusters of splits blocks merged through distributed shared memory (no scratch, no
+        // counters): one per KV head for all its query heads (attn_decode_gqa) where that
+        // kernel is built for the shapes, else one per query head (attn_decode_cluster).
+        let (k, groups, warps, splits, smem) = if gqa_kernel_fits(d) {
+            let g = d.n_heads / d.n_kv_heads;
+            let smem = (GQA_WARPS * g * (d.head_dim + 3) + g * (d.head_dim + 2)) * 4;
+            (K::AttnDecodeGqa, d.n_kv_heads, GQA_WARPS, GQA_SPLITS, smem)
+        } else {
+            let smem = (2 * CLUSTER_WARPS + 2 + (CLUSTER_WARPS + 1) * d.head_dim) * 4;
+            (
+                K::AttnDecodeCluster,
+                d.n_heads,
+                CLUSTER_WARPS,
+                CLUSTER_SPLITS,
+                smem,
+            )
+        };
         return dev.launch_cluster(
-            K::AttnDecodeCluster,
+            k,
             stream,
-            (CLUSTER_SPLITS, d.n_heads as u32, 1),
-            (32 * CLUSTER_WARPS as u32, 1, 1),
+            (splits, groups as u32, 1),
+            (32 * warps as u32, 1, 1),
             smem as u32,
             &args,
-            CLUSTER_SPLITS,
+            splits,
         );
     }
     let smem = (scratch.chunk_max + 4 * d.head_dim) * 4;
