@@ -83,6 +83,9 @@ fn ternary_products_match_cpu_exactly() {
         (2560, 6912),
         (250, 200),
         (3, 64),
+        (7, 64),
+        (5, 2560),
+        (9, 13000),
     ];
     for &(n, k) in &shapes {
         let bias = n == 250;
@@ -127,6 +130,8 @@ fn fused_gate_up_relu2_matches_cpu_exactly() {
         (6912, 2560, 70),
         (100, 192, 1),
         (100, 192, 9),
+        (50, 6912, 1),
+        (3, 64, 1),
     ] {
         let g = random_bitlinear(&mut rng, n, k, false);
         let u = random_bitlinear(&mut rng, n, k, false);
@@ -163,12 +168,13 @@ fn fused_qkv_rope_decode_equals_gemv_then_rope_kv() {
     // what the product followed by rope_kv gives (both checked against the CPU elsewhere).
     let Some((dev, s)) = device() else { return };
     let mut rng = StdRng::seed_from_u64(0x9E0);
-    for (nh, nkv, hd, style, bias) in [
-        (20usize, 5usize, 128usize, RopeStyle::Neox, false),
-        (4, 2, 64, RopeStyle::Interleaved, true),
-        (2, 1, 32, RopeStyle::Neox, false),
+    // K = 2560: two pairs per warp; 6912: one pair, rows longer than the preloaded words;
+    // 100: several pairs' words per lane.
+    for (nh, nkv, hd, style, bias, k) in [
+        (20usize, 5usize, 128usize, RopeStyle::Neox, false, 2560usize),
+        (4, 2, 64, RopeStyle::Interleaved, true, 6912),
+        (2, 1, 32, RopeStyle::Neox, false, 100),
     ] {
-        let k = 2560;
         let max_ctx = 300;
         let d = AttnDims {
             n_heads: nh,
@@ -206,7 +212,7 @@ fn fused_qkv_rope_decode_equals_gemv_then_rope_kv() {
         assert_bits_eq("rotated q", &out[1].0, &out[0].0);
         assert_eq!(out[1].1, out[0].1, "k cache");
         assert_eq!(out[1].2, out[0].2, "v cache");
-        eprintln!("q|k|v + rope + kv fused, heads {nh}/{nkv} hd {hd} {style:?}: exact");
+        eprintln!("q|k|v + rope + kv fused, heads {nh}/{nkv} hd {hd} {style:?} K {k}: exact");
     }
 }
 

@@ -291,13 +291,8 @@ __device__ __forceinline__ void dk_product(int st, const uint4* W, const float* 
         a0 = warp_sum_i(a0);
         a1 = warp_sum_i(a1);
         if (lane == 0) {
-            // tern_value's expression: (acc − Σx)·(scale·factor) (+ bias)
-            float v0 = (float)(a0 - qsum) * (s0 * fac);
-            float v1 = (float)(a1 - qsum) * (s1 * fac);
-            if (bias) {
-                v0 = v0 + b0;
-                v1 = v1 + b1;
-            }
+            float v0 = tern_value_b(a0, qsum, s0, fac, bias, b0);
+            float v1 = tern_value_b(a1, qsum, s1, fac, bias, b1);
             if (st == ST_QKV) {
                 qkv_rope_store(r0, r1, v0, v1, e0, e1, o.q, o.kc, o.vc, o.pos, o.nh, o.nkv,
                                o.hd, o.max_ctx);

@@ -30,22 +30,29 @@ __device__ __forceinline__ int dot64(uint4 w, const int4* x, int acc) {
 }
 
 // One output of row n: (acc − Σx)·(scale_n·factor) (+ bias_n), in the CPU's order.
+__device__ __forceinline__ float tern_value_b(int acc, int xs, float rs, float xf, bool has_bias,
+                                             float b) {
+    float v = (float)(acc - xs) * (rs * xf);
+    if (has_bias) v = v + b;
+    return v;
+}
+
 __device__ __forceinline__ float tern_value(int acc, int xs, float rs, float xf,
                                            const float* bias, int n) {
-    float s = rs * xf;
-    float v = (float)(acc - xs) * s;
-    if (bias) v = v + bias[n];
-    return v;
+    return tern_value_b(acc, xs, rs, xf, bias != nullptr, bias ? bias[n] : 0.0f);
 }
 
 // Σ c·x of rows r0 and r1 (whole warp; only meaningful when `live`) against one int8
 // token, four independent 16-byte weight loads per row in flight per lane. The first batch
 // (for K ≤ 8192, the whole row) is loaded before PDL_WAIT: under programmatic dependent
-// launch it streams in while the previous kernel (the norm) still runs.
+// launch it streams in while the previous kernel (the norm) still runs. `after_wait` runs
+// right after PDL_WAIT (the caller's loads of the previous kernel's outputs, so that they
+// travel with the first activation loads instead of after the dot products).
 #define GEMV_UNROLL 4
+template <typename AfterWait>
 __device__ __forceinline__ void gemv_rows2(const uint4* __restrict__ W,
                                            const i8* __restrict__ xq, int kw, int r0, int r1,
-                                           bool live, int& a0, int& a1) {
+                                           bool live, int& a0, int& a1, AfterWait after_wait) {
     int lane = threadIdx.x & 31;
     const uint4* w0 = W + (size_t)r0 * kw;
     const uint4* w1 = W + (size_t)r1 * kw;
@@ -63,6 +70,7 @@ __device__ __forceinline__ void gemv_rows2(const uint4* __restrict__ W,
     }
     PDL_WAIT();
     PDL_LAUNCH();
+    after_wait();
     a0 = 0;
     a1 = 0;
     if (!live) return;
@@ -109,31 +117,39 @@ tern_gemv(const uint4* __restrict__ W, const i8* __restrict__ xq,
     int r0 = warp * 2;
     bool live = r0 < N;
     int r1 = r0 + 1 < N ? r0 + 1 : r0;
+    // Lane 0 writes the outputs: it loads the row scales and bias before PDL_WAIT (they
+    // are constant) and the factors and residuals right after it.
+    bool writer = live && lane == 0;
+    float rs0 = 0.0f, rs1 = 0.0f, b0 = 0.0f, b1 = 0.0f, f = 0.0f, o0 = 0.0f, o1 = 0.0f;
+    int s = 0;
+    if (writer) {
+        rs0 = rs[r0];
+        rs1 = rs[r1];
+        if (bias) {
+            b0 = bias[r0];
+            b1 = bias[r1];
+        }
+    }
     int a0, a1;
-    gemv_rows2(W, xq, kw, r0, r1, live, a0, a1);
-    if (!live || lane != 0) return;
-    float f = xf[0];
-    int s = xs[0];
-    float v0 = tern_value(a0, s, rs[r0], f, bias, r0);
+    gemv_rows2(W, xq, kw, r0, r1, live, a0, a1, [&]() {
+        if (!writer) return;
+        f = xf[0];
+        s = xs[0];
+        if (mode == EPI_ADD) {
+            o0 = out[r0];
+            o1 = out[r1];
+        }
+    });
+    if (!writer) return;
+    float v0 = tern_value_b(a0, s, rs0, f, bias, b0);
+    float v1 = tern_value_b(a1, s, rs1, f, bias, b1);
     if (mode == EPI_RELU2) {
-        float v1 = tern_value(a1, s, rs[r1], f, bias, r1);
         float r = fmaxf(v0, 0.0f);
         out[r0 >> 1] = r * r * v1;
         return;
     }
-    if (mode == EPI_ADD) {
-        out[r0] = out[r0] + v0;
-    } else {
-        out[r0] = v0;
-    }
-    if (r1 != r0) {
-        float v1 = tern_value(a1, s, rs[r1], f, bias, r1);
-        if (mode == EPI_ADD) {
-            out[r1] = out[r1] + v1;
-        } else {
-            out[r1] = v1;
-        }
-    }
+    out[r0] = mode == EPI_ADD ? o0 + v0 : v0;
+    if (r1 != r0) out[r1] = mode == EPI_ADD ? o1 + v1 : v1;
 }
 
 // The two rows of pair p of a fused q|k|v matrix: for q and k heads the two rows one
@@ -206,17 +222,35 @@ tern_gemv_qkv(const uint4* __restrict__ W, const i8* __restrict__ xq,
     bool live = pair < ((nh + 2 * nkv) * hd) >> 1;
     int r0 = 0, r1 = 0;
     if (live) qkv_rows(pair, nh, nkv, hd, neox, r0, r1);
+    // Lane 0 writes the pair. The position (written before the step, by no kernel), the
+    // scales, bias and cos/sin are loaded before PDL_WAIT; the factors right after it.
+    bool writer = live && lane == 0;
+    int pos = 0, xsum = 0;
+    float c = 0.0f, sn = 0.0f, rs0 = 0.0f, rs1 = 0.0f, b0 = 0.0f, b1 = 0.0f, f = 0.0f;
+    if (writer) {
+        pos = ctl[0];
+        int t = qkv_rope_at(r0, nh, nkv, hd, neox, pos);
+        if (t >= 0) {
+            c = cosT[t];
+            sn = sinT[t];
+        }
+        rs0 = rs[r0];
+        rs1 = rs[r1];
+        if (bias) {
+            b0 = bias[r0];
+            b1 = bias[r1];
+        }
+    }
     int a0, a1;
-    gemv_rows2(W, xq, kw, r0, r1, live, a0, a1);
-    if (!live || lane != 0) return;
-    int pos = ctl[0];
-    int t = qkv_rope_at(r0, nh, nkv, hd, neox, pos);
-    float c = t >= 0 ? cosT[t] : 0.0f, s = t >= 0 ? sinT[t] : 0.0f;
-    float f = xf[0];
-    int xsum = xs[0];
-    float v0 = tern_value(a0, xsum, rs[r0], f, bias, r0);
-    float v1 = tern_value(a1, xsum, rs[r1], f, bias, r1);
-    qkv_rope_store(r0, r1, v0, v1, c, s, q, kc, vc, pos, nh, nkv, hd, max_ctx);
+    gemv_rows2(W, xq, kw, r0, r1, live, a0, a1, [&]() {
+        if (!writer) return;
+        f = xf[0];
+        xsum = xs[0];
+    });
+    if (!writer) return;
+    float v0 = tern_value_b(a0, xsum, rs0, f, bias, b0);
+    float v1 = tern_value_b(a1, xsum, rs1, f, bias, b1);
+    qkv_rope_store(r0, r1, v0, v1, c, sn, q, kc, vc, pos, nh, nkv, hd, max_ctx);
 }
 
 // Matrix-matrix product for prefill on the int8 tensor cores (mma.sync m16n8k32 s8·s8→s32).
