@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::ternary::{padded_cols, DevActs, DevTernary};
+use super::ternary::{gemv_rows_per_warp, padded_cols, DevActs, DevTernary};
 use super::{Arg, CudaDevice, DevBuf, Stream, K};
 use crate::error::{Error, Result};
 use crate::nn::rope::{Rope, RopeStyle};
@@ -286,10 +286,11 @@ pub fn qkv_rope_decode(
     )?;
     let [wp, sp, bp] = w.ptrs();
     let pairs = d.qkv_width() / 2;
+    let rpw = gemv_rows_per_warp(w.kp() / 64);
     dev.launch(
         K::TernGemvQkv,
         stream,
-        ((pairs * 32).div_ceil(128) as u32, 1, 1),
+        (pairs.div_ceil(rpw / 2).div_ceil(4) as u32, 1, 1),
         (128, 1, 1),
         0,
         &[
@@ -311,6 +312,7 @@ pub fn qkv_rope_decode(
             Arg::I(d.head_dim as i32),
             Arg::I(d.max_ctx as i32),
             Arg::I(rope.neox as i32),
+            Arg::I(rpw as i32),
         ],
     )
 }

@@ -42,114 +42,125 @@ __device__ __forceinline__ float tern_value(int acc, int xs, float rs, float xf,
     return tern_value_b(acc, xs, rs, xf, bias != nullptr, bias ? bias[n] : 0.0f);
 }
 
-// Σ c·x of rows r0 and r1 (whole warp; only meaningful when `live`) against one int8
-// token, four independent 16-byte weight loads per row in flight per lane. The first batch
-// (for K ≤ 8192, the whole row) is loaded before PDL_WAIT: under programmatic dependent
-// launch it streams in while the previous kernel (the norm) still runs. `after_wait` runs
-// right after PDL_WAIT (the caller's loads of the previous kernel's outputs, so that they
-// travel with the first activation loads instead of after the dot products).
-#define GEMV_UNROLL 4
-template <typename AfterWait>
-__device__ __forceinline__ void gemv_rows2(const uint4* __restrict__ W,
-                                           const i8* __restrict__ xq, int kw, int r0, int r1,
-                                           bool live, int& a0, int& a1, AfterWait after_wait) {
+// Σ c·x of the warp's R rows (whole warp; only meaningful when `live`) against one int8
+// token, U independent 16-byte weight loads per row in flight per lane (R·U ≤ 8: 32
+// registers). The first batch (the whole row when kw ≤ 32·U) is loaded before PDL_WAIT:
+// under programmatic dependent launch it streams in while the previous kernel (the norm)
+// still runs. `after_wait` runs right after PDL_WAIT (the caller's loads of the previous
+// kernel's outputs, so that they travel with the first activation loads instead of after
+// the dot products). Each activation load serves all R rows.
+template <int R, int U, typename AfterWait>
+__device__ __forceinline__ void gemv_rows(const uint4* __restrict__ W,
+                                          const i8* __restrict__ xq, int kw,
+                                          const int (&rows)[R], bool live, int (&acc)[R],
+                                          AfterWait after_wait) {
     int lane = threadIdx.x & 31;
-    const uint4* w0 = W + (size_t)r0 * kw;
-    const uint4* w1 = W + (size_t)r1 * kw;
-    uint4 p0[GEMV_UNROLL], p1[GEMV_UNROLL];
+    uint4 p[R][U];
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) {
+    for (int u = 0; u < U; u++) {
         int j = lane + 32 * u;
-        if (live && j < kw) {
-            p0[u] = ld_stream(w0 + j);
-            p1[u] = ld_stream(w1 + j);
-        } else {
-            p0[u] = make_uint4(0, 0, 0, 0);
-            p1[u] = make_uint4(0, 0, 0, 0);
-        }
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            p[r][u] = live && j < kw ? ld_stream(W + (size_t)rows[r] * kw + j)
+                                     : make_uint4(0, 0, 0, 0);
     }
     PDL_WAIT();
     PDL_LAUNCH();
     after_wait();
-    a0 = 0;
-    a1 = 0;
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0;
     if (!live) return;
     const int4* x4 = (const int4*)xq;
     for (int j0 = lane;;) {
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
+        for (int u = 0; u < U; u++) {
             int j = j0 + 32 * u;
             if (j < kw) {
                 int4 xv[4];
-                xv[0] = __ldg(x4 + 4 * j);
-                xv[1] = __ldg(x4 + 4 * j + 1);
-                xv[2] = __ldg(x4 + 4 * j + 2);
-                xv[3] = __ldg(x4 + 4 * j + 3);
-                a0 = dot64(p0[u], xv, a0);
-                a1 = dot64(p1[u], xv, a1);
+#pragma unroll
+                for (int e = 0; e < 4; e++) xv[e] = __ldg(x4 + 4 * j + e);
+#pragma unroll
+                for (int r = 0; r < R; r++) acc[r] = dot64(p[r][u], xv, acc[r]);
             }
         }
-        j0 += 32 * GEMV_UNROLL;
+        j0 += 32 * U;
         if (j0 >= kw) break;
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
+        for (int u = 0; u < U; u++) {
             int j = j0 + 32 * u;
             if (j < kw) {
-                p0[u] = ld_stream(w0 + j);
-                p1[u] = ld_stream(w1 + j);
+#pragma unroll
+                for (int r = 0; r < R; r++) p[r][u] = ld_stream(W + (size_t)rows[r] * kw + j);
             }
         }
     }
-    a0 = warp_sum_i(a0);
-    a1 = warp_sum_i(a1);
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = warp_sum_i(acc[r]);
 }
 
-// Matrix-vector product for one token. Each warp computes two adjacent rows (so that a
-// gate/up pair of the fused FFN matrix lands in one warp) over the whole row; 4 warps per
-// block, so N = 2560 gives 320 blocks, more than two per SM.
+// The reduced sum of row `lane` (every lane holds all R sums after gemv_rows).
+template <int R>
+__device__ __forceinline__ int own_sum(const int (&acc)[R]) {
+    int lane = threadIdx.x & 31, a = 0;
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        if (lane == r) a = acc[r];
+    return a;
+}
+
+// Matrix-vector product for one token: warp w computes rows w·R … w·R + R − 1 (R even, so
+// that a gate/up pair of the fused FFN matrix lands in one warp) over the whole row; 4
+// warps per block. Lane r writes row r: it loads the row's scale and bias before PDL_WAIT
+// (they are constant) and the factors and residual right after it.
+template <int R, int U>
+__device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8* __restrict__ xq,
+                                          const float* __restrict__ xf,
+                                          const i32* __restrict__ xs,
+                                          const float* __restrict__ rs,
+                                          const float* __restrict__ bias,
+                                          float* __restrict__ out, int N, int kw, int mode) {
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    int r0 = warp * R;
+    bool live = r0 < N;
+    int rows[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) rows[r] = min(r0 + r, N - 1);
+    int my = live && lane < R && r0 + lane < N ? r0 + lane : -1;
+    float rsv = my >= 0 ? rs[my] : 0.0f;
+    float bv = my >= 0 && bias ? bias[my] : 0.0f;
+    float f = 0.0f, ov = 0.0f;
+    int s = 0;
+    int acc[R];
+    gemv_rows<R, U>(W, xq, kw, rows, live, acc, [&]() {
+        if (my < 0) return;
+        f = xf[0];
+        s = xs[0];
+        if (mode == EPI_ADD) ov = out[my];
+    });
+    float v = tern_value_b(own_sum(acc), s, rsv, f, bias, bv);
+    if (mode == EPI_RELU2) {
+        float up = __shfl_down_sync(FULL_MASK, v, 1);
+        if (my >= 0 && (lane & 1) == 0) {
+            float g = fmaxf(v, 0.0f);
+            out[my >> 1] = g * g * up;
+        }
+    } else if (my >= 0) {
+        out[my] = mode == EPI_ADD ? ov + v : v;
+    }
+}
+
+// `rpw` rows per warp: 4 (two column steps per row in flight: rows up to 4096 wide, where
+// a lane holds at most two 16-byte words per row) or 2 (four steps).
 extern "C" __global__ void __launch_bounds__(128)
 tern_gemv(const uint4* __restrict__ W, const i8* __restrict__ xq,
           const float* __restrict__ xf, const i32* __restrict__ xs,
           const float* __restrict__ rs, const float* __restrict__ bias,
-          float* __restrict__ out, int N, int kw, int mode) {
-    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
-    int lane = threadIdx.x & 31;
-    int r0 = warp * 2;
-    bool live = r0 < N;
-    int r1 = r0 + 1 < N ? r0 + 1 : r0;
-    // Lane 0 writes the outputs: it loads the row scales and bias before PDL_WAIT (they
-    // are constant) and the factors and residuals right after it.
-    bool writer = live && lane == 0;
-    float rs0 = 0.0f, rs1 = 0.0f, b0 = 0.0f, b1 = 0.0f, f = 0.0f, o0 = 0.0f, o1 = 0.0f;
-    int s = 0;
-    if (writer) {
-        rs0 = rs[r0];
-        rs1 = rs[r1];
-        if (bias) {
-            b0 = bias[r0];
-            b1 = bias[r1];
-        }
-    }
-    int a0, a1;
-    gemv_rows2(W, xq, kw, r0, r1, live, a0, a1, [&]() {
-        if (!writer) return;
-        f = xf[0];
-        s = xs[0];
-        if (mode == EPI_ADD) {
-            o0 = out[r0];
-            o1 = out[r1];
-        }
-    });
-    if (!writer) return;
-    float v0 = tern_value_b(a0, s, rs0, f, bias, b0);
-    float v1 = tern_value_b(a1, s, rs1, f, bias, b1);
-    if (mode == EPI_RELU2) {
-        float r = fmaxf(v0, 0.0f);
-        out[r0 >> 1] = r * r * v1;
-        return;
-    }
-    out[r0] = mode == EPI_ADD ? o0 + v0 : v0;
-    if (r1 != r0) out[r1] = mode == EPI_ADD ? o1 + v1 : v1;
+          float* __restrict__ out, int N, int kw, int mode, int rpw) {
+    if (rpw == 4)
+        gemv_body<4, 2>(W, xq, xf, xs, rs, bias, out, N, kw, mode);
+    else
+        gemv_body<2, 4>(W, xq, xf, xs, rs, bias, out, N, kw, mode);
 }
 
 // The two rows of pair p of a fused q|k|v matrix: for q and k heads the two rows one
@@ -207,8 +218,62 @@ __device__ __forceinline__ void qkv_rope_store(int r0, int r1, float v0, float v
 }
 
 // Decode q|k|v product with RoPE and the cache append fused in (replaces tern_gemv +
-// rope_kv for one token): warp w takes q|k|v pair w (see qkv_rows), q goes to q[0..nh·hd),
-// k and v to the caches at position ctl[0].
+// rope_kv for one token): warp w takes q|k|v pairs w·R/2 … (see qkv_rows), q goes to
+// q[0..nh·hd), k and v to the caches at position ctl[0]. Lane r loads row r's scale and
+// bias before PDL_WAIT, lane 2k also pair k's cos/sin (the position is written before the
+// step, by no kernel); the factors come right after it; lane 2k writes pair k.
+template <int R, int U>
+__device__ __forceinline__ void qkv_body(const uint4* __restrict__ W, const i8* __restrict__ xq,
+                                         const float* __restrict__ xf,
+                                         const i32* __restrict__ xs,
+                                         const float* __restrict__ rs,
+                                         const float* __restrict__ bias, float* __restrict__ q,
+                                         u16* __restrict__ kc, u16* __restrict__ vc,
+                                         const float* __restrict__ cosT,
+                                         const float* __restrict__ sinT,
+                                         const i32* __restrict__ ctl, int kw, int nh, int nkv,
+                                         int hd, int max_ctx, int neox) {
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    int pairs = ((nh + 2 * nkv) * hd) >> 1;
+    int p0 = warp * (R / 2);
+    bool live = p0 < pairs;
+    int rows[R];
+#pragma unroll
+    for (int k = 0; k < R / 2; k++)
+        qkv_rows(min(p0 + k, pairs - 1), nh, nkv, hd, neox, rows[2 * k], rows[2 * k + 1]);
+    bool mine = live && lane < R && p0 + (lane >> 1) < pairs;
+    int my = -1, pos = 0;
+    float rsv = 0.0f, bv = 0.0f, c = 0.0f, sn = 0.0f;
+    if (mine) {
+        int r0, r1;
+        qkv_rows(p0 + (lane >> 1), nh, nkv, hd, neox, r0, r1);
+        my = lane & 1 ? r1 : r0;
+        rsv = rs[my];
+        if (bias) bv = bias[my];
+        pos = ctl[0];
+        int t = qkv_rope_at(r0, nh, nkv, hd, neox, pos);
+        if ((lane & 1) == 0 && t >= 0) {
+            c = cosT[t];
+            sn = sinT[t];
+        }
+    }
+    float f = 0.0f;
+    int xsum = 0;
+    int acc[R];
+    gemv_rows<R, U>(W, xq, kw, rows, live, acc, [&]() {
+        if (!mine) return;
+        f = xf[0];
+        xsum = xs[0];
+    });
+    float v = tern_value_b(own_sum(acc), xsum, rsv, f, bias, bv);
+    float v1 = __shfl_down_sync(FULL_MASK, v, 1);
+    int r1 = __shfl_down_sync(FULL_MASK, my, 1);
+    if (mine && (lane & 1) == 0)
+        qkv_rope_store(my, r1, v, v1, c, sn, q, kc, vc, pos, nh, nkv, hd, max_ctx);
+}
+
+// `rpw` rows (rpw/2 pairs) per warp, as tern_gemv.
 extern "C" __global__ void __launch_bounds__(128)
 tern_gemv_qkv(const uint4* __restrict__ W, const i8* __restrict__ xq,
               const float* __restrict__ xf, const i32* __restrict__ xs,
@@ -216,41 +281,13 @@ tern_gemv_qkv(const uint4* __restrict__ W, const i8* __restrict__ xq,
               float* __restrict__ q, u16* __restrict__ kc, u16* __restrict__ vc,
               const float* __restrict__ cosT, const float* __restrict__ sinT,
               const i32* __restrict__ ctl, int kw, int nh, int nkv, int hd, int max_ctx,
-              int neox) {
-    int pair = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
-    int lane = threadIdx.x & 31;
-    bool live = pair < ((nh + 2 * nkv) * hd) >> 1;
-    int r0 = 0, r1 = 0;
-    if (live) qkv_rows(pair, nh, nkv, hd, neox, r0, r1);
-    // Lane 0 writes the pair. The position (written before the step, by no kernel), the
-    // scales, bias and cos/sin are loaded before PDL_WAIT; the factors right after it.
-    bool writer = live && lane == 0;
-    int pos = 0, xsum = 0;
-    float c = 0.0f, sn = 0.0f, rs0 = 0.0f, rs1 = 0.0f, b0 = 0.0f, b1 = 0.0f, f = 0.0f;
-    if (writer) {
-        pos = ctl[0];
-        int t = qkv_rope_at(r0, nh, nkv, hd, neox, pos);
-        if (t >= 0) {
-            c = cosT[t];
-            sn = sinT[t];
-        }
-        rs0 = rs[r0];
-        rs1 = rs[r1];
-        if (bias) {
-            b0 = bias[r0];
-            b1 = bias[r1];
-        }
-    }
-    int a0, a1;
-    gemv_rows2(W, xq, kw, r0, r1, live, a0, a1, [&]() {
-        if (!writer) return;
-        f = xf[0];
-        xsum = xs[0];
-    });
-    if (!writer) return;
-    float v0 = tern_value_b(a0, xsum, rs0, f, bias, b0);
-    float v1 = tern_value_b(a1, xsum, rs1, f, bias, b1);
-    qkv_rope_store(r0, r1, v0, v1, c, sn, q, kc, vc, pos, nh, nkv, hd, max_ctx);
+              int neox, int rpw) {
+    if (rpw == 4)
+        qkv_body<4, 2>(W, xq, xf, xs, rs, bias, q, kc, vc, cosT, sinT, ctl, kw, nh, nkv, hd,
+                       max_ctx, neox);
+    else
+        qkv_body<2, 4>(W, xq, xf, xs, rs, bias, q, kc, vc, cosT, sinT, ctl, kw, nh, nkv, hd,
+                       max_ctx, neox);
 }
 
 // Matrix-matrix product for prefill on the int8 tensor cores (mma.sync m16n8k32 s8·s8→s32).

@@ -267,6 +267,18 @@ impl DevActs {
     }
 }
 
+/// Rows per warp of the one-token products (`tern_gemv`, `tern_gemv_qkv`) for rows of `kw`
+/// 16-byte words: 4 for rows up to 4096 weights (a lane then holds two words per row, so
+/// four rows fill the 32 registers kept for weights, and each activation load serves four
+/// rows), else 2. Always even (gate/up and q|k|v rotation pairs stay in one warp).
+pub(crate) fn gemv_rows_per_warp(kw: usize) -> usize {
+    if kw <= 64 {
+        4
+    } else {
+        2
+    }
+}
+
 /// `out ⟵ W · x` for the first `m` rows of `x`, with epilogue `epi`: the matrix-vector
 /// kernel for one row, the tensor-core kernel for more (or when `force_gemm`).
 pub fn matmul(
@@ -326,10 +338,15 @@ pub fn matmul(
         Arg::P(out.ptr()),
     ];
     if m == 1 && !force_gemm {
-        let warps = n.div_ceil(2);
-        let blocks = (warps * 32).div_ceil(128) as u32;
+        let rpw = gemv_rows_per_warp(kw as usize);
+        let blocks = n.div_ceil(rpw).div_ceil(4) as u32;
         let mut args = common.to_vec();
-        args.extend([Arg::I(n as i32), Arg::I(kw), Arg::I(epi as i32)]);
+        args.extend([
+            Arg::I(n as i32),
+            Arg::I(kw),
+            Arg::I(epi as i32),
+            Arg::I(rpw as i32),
+        ]);
         dev.launch(K::TernGemv, stream, (blocks, 1, 1), (128, 1, 1), 0, &args)
     } else {
         let grid = (n.div_ceil(128) as u32, m.div_ceil(64) as u32, 1);
