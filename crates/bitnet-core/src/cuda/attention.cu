@@ -466,6 +466,40 @@ __device__ __forceinline__ void attn_gqa_body(const float* qkv, const u16* kc, c
     u32 rank = cluster_rank();
     int chunk = (n + AG_S - 1) / AG_S;
     int p0 = (int)rank * chunk, p1 = min(n, p0 + chunk);
+    const u16* kb = kc + (size_t)kvh * max_ctx * hd + hl * DL;
+    const u16* vb = vc + (size_t)kvh * max_ctx * hd + hl * DL;
+    constexpr int step = 2 * AG_W;  // positions a block covers per load
+    // Before PDL_WAIT: the keys and values of the earlier positions are constant (only the
+    // current one, n − 1, is the q|k|v product's), so the first round is loaded and the
+    // half-warp's later positions are prefetched into L2 while the product still runs.
+    int pb0 = p0 + 2 * warp + half, pc = n - 1;
+    u32 kw[U][DL / 2], vw[U][DL / 2];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        int p = pb0 + u * step;
+        if (p < p1 && p < pc) {
+            ld_words<DL>(kb + (size_t)p * hd, kw[u]);
+            ld_words<DL>(vb + (size_t)p * hd, vw[u]);
+        } else {
+#pragma unroll
+            for (int i = 0; i < DL / 2; i++) kw[u][i] = vw[u][i] = 0u;
+        }
+    }
+    if ((hl & 7) == 0) {
+        for (int p = pb0 + U * step; p < min(p1, pc); p += step) {
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(kb + (size_t)p * hd));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(vb + (size_t)p * hd));
+        }
+    }
+    PDL_WAIT();
+    PDL_LAUNCH();
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        if (pb0 + u * step == pc && pc < p1) {
+            ld_words<DL>(kb + (size_t)pc * hd, kw[u]);
+            ld_words<DL>(vb + (size_t)pc * hd, vw[u]);
+        }
+    }
     float q[G][DL], acc[G][DL], m[G], l[G];
 #pragma unroll
     for (int g = 0; g < G; g++) {
@@ -481,20 +515,18 @@ __device__ __forceinline__ void attn_gqa_body(const float* qkv, const u16* kc, c
 #pragma unroll
         for (int d = 0; d < DL; d++) acc[g][d] = 0.0f;
     }
-    const u16* kb = kc + (size_t)kvh * max_ctx * hd + hl * DL;
-    const u16* vb = vc + (size_t)kvh * max_ctx * hd + hl * DL;
-    constexpr int step = 2 * AG_W;  // positions a block covers per load
-    for (int pb = p0 + 2 * warp + half; pb - half < p1; pb += U * step) {
-        u32 kw[U][DL / 2], vw[U][DL / 2];
+    for (int pb = pb0; pb - half < p1; pb += U * step) {
+        if (pb != pb0) {
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            int p = pb + u * step;
-            if (p < p1) {
-                ld_words<DL>(kb + (size_t)p * hd, kw[u]);
-                ld_words<DL>(vb + (size_t)p * hd, vw[u]);
-            } else {
+            for (int u = 0; u < U; u++) {
+                int p = pb + u * step;
+                if (p < p1) {
+                    ld_words<DL>(kb + (size_t)p * hd, kw[u]);
+                    ld_words<DL>(vb + (size_t)p * hd, vw[u]);
+                } else {
 #pragma unroll
-                for (int i = 0; i < DL / 2; i++) kw[u][i] = vw[u][i] = 0u;
+                    for (int i = 0; i < DL / 2; i++) kw[u][i] = vw[u][i] = 0u;
+                }
             }
         }
         float s[U][G];
@@ -606,8 +638,8 @@ attn_decode_gqa(const float* __restrict__ qkv, const u16* __restrict__ kc,
                 const i32* __restrict__ ctl, int nh, int nkv, int hd, int max_ctx,
                 float scale) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    PDL_WAIT();
-    PDL_LAUNCH();
+    // PDL_WAIT is in the body, after the loads that may come first. ctl is written before
+    // the step, by no kernel.
     extern __shared__ float agsm[];
     int n = ctl[0] + 1;
     int g = nh / nkv;
