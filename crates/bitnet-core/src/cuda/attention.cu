@@ -516,17 +516,17 @@ __device__ __forceinline__ void attn_gqa_body(const float* qkv, const u16* kc, c
         for (int d = 0; d < DL; d++) acc[g][d] = 0.0f;
     }
     for (int pb = pb0; pb - half < p1; pb += U * step) {
-        if (pb != pb0) {
+        // The next round's keys and values are loaded before this round's arithmetic.
+        u32 kn[U][DL / 2], vn[U][DL / 2];
 #pragma unroll
-            for (int u = 0; u < U; u++) {
-                int p = pb + u * step;
-                if (p < p1) {
-                    ld_words<DL>(kb + (size_t)p * hd, kw[u]);
-                    ld_words<DL>(vb + (size_t)p * hd, vw[u]);
-                } else {
+        for (int u = 0; u < U; u++) {
+            int p = pb + (U + u) * step;
+            if (p < p1) {
+                ld_words<DL>(kb + (size_t)p * hd, kn[u]);
+                ld_words<DL>(vb + (size_t)p * hd, vn[u]);
+            } else {
 #pragma unroll
-                    for (int i = 0; i < DL / 2; i++) kw[u][i] = vw[u][i] = 0u;
-                }
+                for (int i = 0; i < DL / 2; i++) kn[u][i] = vn[u][i] = 0u;
             }
         }
         float s[U][G];
@@ -568,6 +568,14 @@ __device__ __forceinline__ void attn_gqa_body(const float* qkv, const u16* kc, c
 #pragma unroll
                     for (int d = 0; d < DL; d++) acc[g][d] += e * vf[d];
                 }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+#pragma unroll
+            for (int i = 0; i < DL / 2; i++) {
+                kw[u][i] = kn[u][i];
+                vw[u][i] = vn[u][i];
             }
         }
     }
