@@ -14,6 +14,7 @@ use bitnet_core::nn::bitlinear::{BitLinear, QuantizedActs};
 use bitnet_core::nn::norm::{rmsnorm, rmsnorm_quantize};
 use bitnet_core::nn::rope::{Rope, RopeStyle};
 use bitnet_core::quant::dense::DenseMatrix;
+use rayon::prelude::*;
 
 use crate::kv_cache::KvCache;
 use crate::names::Slot;
@@ -422,18 +423,27 @@ impl Model {
     }
 }
 
-/// RMSNorm each row of `x` (`k` wide) and quantize it to int8 in one pass.
+/// RMSNorm each row of `x` (`k` wide) and quantize it to int8 in one pass (rows in
+/// parallel for a prompt).
 fn norm_quantize_rows(x: &[f32], k: usize, w: &[f32], eps: f32, acts: &mut QuantizedActs) {
     let m = x.len() / k;
     acts.k = k;
     acts.q.resize(m * k, 0);
     acts.factors.resize(m, 0.0);
-    for ((xr, qr), f) in x
-        .chunks_exact(k)
-        .zip(acts.q.chunks_exact_mut(k))
-        .zip(acts.factors.iter_mut())
-    {
-        *f = rmsnorm_quantize(xr, w, eps, qr);
+    let one =
+        |((xr, qr), f): ((&[f32], &mut [i8]), &mut f32)| *f = rmsnorm_quantize(xr, w, eps, qr);
+    if m < 16 {
+        // A few rows (decode): not worth waking the pool.
+        x.chunks_exact(k)
+            .zip(acts.q.chunks_exact_mut(k))
+            .zip(acts.factors.iter_mut())
+            .for_each(one);
+    } else {
+        x.par_chunks_exact(k)
+            .zip(acts.q.par_chunks_exact_mut(k))
+            .zip(acts.factors.par_iter_mut())
+            .with_min_len(8)
+            .for_each(one);
     }
 }
 

@@ -439,15 +439,53 @@ unsafe fn gemm_rows_impl<const T1: bool>(
     assert!(rb >= nb * BLOCK_BYTES);
     // Codes of whole blocks: at least ⌈cols/32⌉ vectors per row.
     let ld = nb * bw / 32;
-    let mut codes = vec![_mm256_setzero_si256(); GEMM_CHUNK_ROWS.min(nr) * ld];
-    let mut xt = vec![[_mm256_setzero_si256(); GEMM_XT_STEPS]; GEMM_MR];
+    GEMM_SCRATCH.with_borrow_mut(|(codes, xt)| {
+        // Reused across calls (no allocation or zeroing per task): every code a tile reads
+        // is decoded first, and every activation piece is copied in before use.
+        let need = GEMM_CHUNK_ROWS.min(nr) * ld;
+        if codes.len() < need {
+            codes.resize(need, _mm256_setzero_si256());
+        }
+        if xt.len() < GEMM_MR {
+            xt.resize(GEMM_MR, [_mm256_setzero_si256(); GEMM_XT_STEPS]);
+        }
+        // SAFETY: `w`, `x` and `out` as gemm_rows_impl's contract (asserted above); the
+        // buffers are large enough (asserted in gemm_rows_chunks).
+        unsafe { gemm_rows_chunks::<T1>(w, rb, nr, cols, x, m, out, ldo, codes, xt) }
+    })
+}
+
+thread_local! {
+    /// Each thread's decoded weight codes and activation pieces for the gemm.
+    static GEMM_SCRATCH: std::cell::RefCell<(Vec<__m256i>, Vec<[__m256i; GEMM_XT_STEPS]>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_rows_chunks<const T1: bool>(
+    w: &[u8],
+    rb: usize,
+    nr: usize,
+    cols: usize,
+    x: &[i8],
+    m: usize,
+    out: OutPtr,
+    ldo: usize,
+    codes: &mut [__m256i],
+    xt: &mut [[__m256i; GEMM_XT_STEPS]],
+) {
+    let bw = if T1 { 160 } else { 128 };
+    let nb = cols.div_ceil(bw);
+    let ld = nb * bw / 32;
+    assert!(codes.len() >= GEMM_CHUNK_ROWS.min(nr) * ld && xt.len() >= GEMM_MR);
     let mut r0 = 0;
     while r0 < nr {
         let rows = GEMM_CHUNK_ROWS.min(nr - r0);
         for r in 0..rows {
             for b in 0..nb {
-                // SAFETY: block b of row r0+r is inside `w` (asserted above); its codes
-                // are inside row r of `codes`.
+                // SAFETY: block b of row r0+r is inside `w` (asserted in gemm_rows_impl);
+                // its codes are inside row r of `codes` (asserted above).
                 unsafe {
                     decode_block::<T1>(
                         w.as_ptr().add((r0 + r) * rb + b * BLOCK_BYTES),
@@ -457,7 +495,7 @@ unsafe fn gemm_rows_impl<const T1: bool>(
             }
         }
         let ch = Chunk {
-            codes: &codes,
+            codes,
             ld,
             rows,
             x,
@@ -471,12 +509,12 @@ unsafe fn gemm_rows_impl<const T1: bool>(
             // SAFETY: rows i..i+mr < m; the chunk's codes are decoded above.
             unsafe {
                 match mr {
-                    GEMM_MR => gemm_chunk_tile::<GEMM_MR>(&ch, i, &mut xt, o, ldo),
-                    1 => gemm_chunk_tile::<1>(&ch, i, &mut xt, o, ldo),
-                    2 => gemm_chunk_tile::<2>(&ch, i, &mut xt, o, ldo),
-                    3 => gemm_chunk_tile::<3>(&ch, i, &mut xt, o, ldo),
-                    4 => gemm_chunk_tile::<4>(&ch, i, &mut xt, o, ldo),
-                    _ => gemm_chunk_tile::<5>(&ch, i, &mut xt, o, ldo),
+                    GEMM_MR => gemm_chunk_tile::<GEMM_MR>(&ch, i, xt, o, ldo),
+                    1 => gemm_chunk_tile::<1>(&ch, i, xt, o, ldo),
+                    2 => gemm_chunk_tile::<2>(&ch, i, xt, o, ldo),
+                    3 => gemm_chunk_tile::<3>(&ch, i, xt, o, ldo),
+                    4 => gemm_chunk_tile::<4>(&ch, i, xt, o, ldo),
+                    _ => gemm_chunk_tile::<5>(&ch, i, xt, o, ldo),
                 }
             }
             i += mr;

@@ -9,7 +9,19 @@ use crate::quant::act;
 /// mean; PyTorch's pairwise f32 sum agrees with it except in rare last-bit cases.
 #[inline]
 fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    // Eight independent f64 sums (vectorized) instead of one dependent chain; each square
+    // is exact in f64, so only the order of the f64 additions changes.
+    let mut acc = [0.0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += (v as f64) * (v as f64);
+        }
+    }
+    let ss = rest
+        .iter()
+        .fold(acc.iter().sum::<f64>(), |s, &v| s + (v as f64) * (v as f64));
     let variance = if x.is_empty() {
         0.0
     } else {
@@ -42,10 +54,20 @@ pub fn rmsnorm_quantize(x: &[f32], weight: &[f32], eps: f32, q: &mut [i8]) -> f3
     assert_eq!(weight.len(), x.len(), "rmsnorm_quantize: weight length");
     assert_eq!(q.len(), x.len(), "rmsnorm_quantize: output length");
     let r = inv_rms(x, eps);
-    let absmax = x
+    // Eight running maxima (vectorized); the maximum does not depend on the order.
+    let mut mx = [0.0f32; 8];
+    for (c, g) in x.chunks_exact(8).zip(weight.chunks_exact(8)) {
+        for ((m, &v), &g) in mx.iter_mut().zip(c).zip(g) {
+            *m = m.max((g * (v * r)).abs());
+        }
+    }
+    let tail = x.len() / 8 * 8;
+    let absmax = x[tail..]
         .iter()
-        .zip(weight)
-        .fold(0.0f32, |m, (&v, &g)| m.max((g * (v * r)).abs()));
+        .zip(&weight[tail..])
+        .fold(mx.iter().fold(0.0f32, |a, &b| a.max(b)), |m, (&v, &g)| {
+            m.max((g * (v * r)).abs())
+        });
     let a = act::multiplier(absmax);
     for ((qi, &v), &g) in q.iter_mut().zip(x).zip(weight) {
         *qi = act::round_to_i8((g * (v * r)) * a);
