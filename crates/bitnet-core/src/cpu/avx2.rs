@@ -184,13 +184,28 @@ pub(crate) unsafe fn gemm_rows(
     out: OutPtr,
     ldo: usize,
 ) {
-    // SAFETY: forwarded.
-    unsafe {
-        match layout {
-            TernaryLayout::I2S => gemm_rows_impl::<false>(w, rb, nr, cols, x, m, out, ldo),
-            TernaryLayout::T1 => gemm_rows_impl::<true>(w, rb, nr, cols, x, m, out, ldo),
+    // Each thread keeps its code buffer and activation pieces across calls: no allocation
+    // or zeroing per task (every code a tile reads is decoded first, every activation
+    // piece copied in before use).
+    GEMM_SCRATCH.with_borrow_mut(|(codes, xt)| {
+        // SAFETY: forwarded.
+        unsafe {
+            match layout {
+                TernaryLayout::I2S => {
+                    gemm_rows_impl::<false>(w, rb, nr, cols, x, m, out, ldo, codes, xt)
+                }
+                TernaryLayout::T1 => {
+                    gemm_rows_impl::<true>(w, rb, nr, cols, x, m, out, ldo, codes, xt)
+                }
+            }
         }
-    }
+    })
+}
+
+thread_local! {
+    /// Each thread's decoded weight codes and activation pieces for the gemm.
+    static GEMM_SCRATCH: std::cell::RefCell<(Vec<__m256i>, Vec<[__m256i; GEMM_XT_STEPS]>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Decode one packed block into its `bw` codes, in weight order.
@@ -432,6 +447,8 @@ unsafe fn gemm_rows_impl<const T1: bool>(
     m: usize,
     out: OutPtr,
     ldo: usize,
+    codes: &mut Vec<__m256i>,
+    xt: &mut Vec<[__m256i; GEMM_XT_STEPS]>,
 ) {
     assert!(w.len() >= nr * rb && x.len() >= m * cols);
     let bw = if T1 { 160 } else { 128 };
@@ -439,53 +456,20 @@ unsafe fn gemm_rows_impl<const T1: bool>(
     assert!(rb >= nb * BLOCK_BYTES);
     // Codes of whole blocks: at least ⌈cols/32⌉ vectors per row.
     let ld = nb * bw / 32;
-    GEMM_SCRATCH.with_borrow_mut(|(codes, xt)| {
-        // Reused across calls (no allocation or zeroing per task): every code a tile reads
-        // is decoded first, and every activation piece is copied in before use.
-        let need = GEMM_CHUNK_ROWS.min(nr) * ld;
-        if codes.len() < need {
-            codes.resize(need, _mm256_setzero_si256());
-        }
-        if xt.len() < GEMM_MR {
-            xt.resize(GEMM_MR, [_mm256_setzero_si256(); GEMM_XT_STEPS]);
-        }
-        // SAFETY: `w`, `x` and `out` as gemm_rows_impl's contract (asserted above); the
-        // buffers are large enough (asserted in gemm_rows_chunks).
-        unsafe { gemm_rows_chunks::<T1>(w, rb, nr, cols, x, m, out, ldo, codes, xt) }
-    })
-}
-
-thread_local! {
-    /// Each thread's decoded weight codes and activation pieces for the gemm.
-    static GEMM_SCRATCH: std::cell::RefCell<(Vec<__m256i>, Vec<[__m256i; GEMM_XT_STEPS]>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-}
-
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_rows_chunks<const T1: bool>(
-    w: &[u8],
-    rb: usize,
-    nr: usize,
-    cols: usize,
-    x: &[i8],
-    m: usize,
-    out: OutPtr,
-    ldo: usize,
-    codes: &mut [__m256i],
-    xt: &mut [[__m256i; GEMM_XT_STEPS]],
-) {
-    let bw = if T1 { 160 } else { 128 };
-    let nb = cols.div_ceil(bw);
-    let ld = nb * bw / 32;
-    assert!(codes.len() >= GEMM_CHUNK_ROWS.min(nr) * ld && xt.len() >= GEMM_MR);
+    let need = GEMM_CHUNK_ROWS.min(nr) * ld;
+    if codes.len() < need {
+        codes.resize(need, _mm256_setzero_si256());
+    }
+    if xt.len() < GEMM_MR {
+        xt.resize(GEMM_MR, [_mm256_setzero_si256(); GEMM_XT_STEPS]);
+    }
     let mut r0 = 0;
     while r0 < nr {
         let rows = GEMM_CHUNK_ROWS.min(nr - r0);
         for r in 0..rows {
             for b in 0..nb {
-                // SAFETY: block b of row r0+r is inside `w` (asserted in gemm_rows_impl);
-                // its codes are inside row r of `codes` (asserted above).
+                // SAFETY: block b of row r0+r is inside `w` (asserted above); its codes
+                // are inside row r of `codes` (sized above).
                 unsafe {
                     decode_block::<T1>(
                         w.as_ptr().add((r0 + r) * rb + b * BLOCK_BYTES),
