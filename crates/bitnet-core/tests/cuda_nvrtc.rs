@@ -20,8 +20,10 @@ fn all_kernels_compile_with_nvrtc() {
             Err(e) => panic!("NVRTC failed for {arch}:\n{e}"),
         };
         for name in [
-            "tern_gemv",
-            "tern_gemv_qkv",
+            "tern_gemv_r4",
+            "tern_gemv_r2",
+            "tern_gemv_qkv_r4",
+            "tern_gemv_qkv_r2",
             "tern_gemm",
             "rmsnorm_quant",
             "rmsnorm_f32",

@@ -149,8 +149,10 @@ fn no_driver() -> Error {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub(crate) enum K {
-    TernGemv,
-    TernGemvQkv,
+    TernGemv4,
+    TernGemv2,
+    TernGemvQkv4,
+    TernGemvQkv2,
     TernGemm,
     RmsnormQuant,
     RmsnormF32,
@@ -172,8 +174,10 @@ pub(crate) enum K {
 }
 
 const KERNEL_NAMES: &[(K, &str)] = &[
-    (K::TernGemv, "tern_gemv"),
-    (K::TernGemvQkv, "tern_gemv_qkv"),
+    (K::TernGemv4, "tern_gemv_r4"),
+    (K::TernGemv2, "tern_gemv_r2"),
+    (K::TernGemvQkv4, "tern_gemv_qkv_r4"),
+    (K::TernGemvQkv2, "tern_gemv_qkv_r2"),
     (K::TernGemm, "tern_gemm"),
     (K::RmsnormQuant, "rmsnorm_quant"),
     (K::RmsnormF32, "rmsnorm_f32"),

@@ -5,7 +5,9 @@
 // RMSNorm then int8 quantization of each row (one block per row), as
 // bitnet_core::nn::norm::rmsnorm_quantize: the sum of squares in f64, y = g·(x·r),
 // a = 127 / max(|y|max, 1e-5), q = clamp(rint(y·a)) (round half to even). Writes the
-// factor 1/a, Σq (for the ternary kernels' code offset) and zeros in the padding [K, kp).
+// factor 1/a, zeros in the padding [K, kp) and, with `sums`, Σq (the code offset of the
+// tensor-core products; the one-token products sum the token themselves, so a decode
+// norm skips that third block reduction).
 // Rows of up to NQ_E·blockDim values are read once into registers (the wrapper picks
 // blockDim ≈ K/8, up to 1024: one global read per value, three block reductions of one
 // barrier each, each into its own shared array); longer rows loop over global memory. The
@@ -13,7 +15,7 @@
 #define NQ_E 8
 extern "C" __global__ void __launch_bounds__(1024)
 rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, int kp, float eps,
-              i8* __restrict__ q, float* __restrict__ qf, i32* __restrict__ qs) {
+              i8* __restrict__ q, float* __restrict__ qf, i32* __restrict__ qs, int sums) {
     __shared__ double shd[32];
     __shared__ float shf[32];
     __shared__ int shi[32];
@@ -64,10 +66,10 @@ rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, i
             }
         }
         for (int k = K + tid; k < kp; k += bd) qr[k] = 0;
-        s = block_reduce_once(s, shi, 0, OpAdd());
+        if (sums) s = block_reduce_once(s, shi, 0, OpAdd());
         if (tid == 0) {
             qf[row] = 1.0f / a;
-            qs[row] = s;
+            if (sums) qs[row] = s;
         }
         return;
     }
@@ -94,10 +96,10 @@ rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, i
         s += qi;
     }
     for (int k = K + tid; k < kp; k += bd) qr[k] = 0;
-    s = block_reduce_once(s, shi, 0, OpAdd());
+    if (sums) s = block_reduce_once(s, shi, 0, OpAdd());
     if (tid == 0) {
         qf[row] = 1.0f / a;
-        qs[row] = s;
+        if (sums) qs[row] = s;
     }
 }
 

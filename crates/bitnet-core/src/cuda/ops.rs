@@ -51,6 +51,8 @@ pub fn rmsnorm_quant(
     acts.k = k;
     acts.kp = kp;
     acts.rows = m;
+    // Σq only for the tensor-core products (more than one row).
+    acts.sums = m > 1;
     // About eight values per thread, held in registers (the kernel loops for longer rows).
     let threads = (k.div_ceil(8).div_ceil(32) * 32).clamp(64, 1024) as u32;
     dev.launch(
@@ -68,6 +70,7 @@ pub fn rmsnorm_quant(
             Arg::P(acts.q.ptr()),
             Arg::P(acts.f.ptr()),
             Arg::P(acts.s.ptr()),
+            Arg::I(acts.sums as i32),
         ],
     )
 }
@@ -287,8 +290,13 @@ pub fn qkv_rope_decode(
     let [wp, sp, bp] = w.ptrs();
     let pairs = d.qkv_width() / 2;
     let rpw = gemv_rows_per_warp(w.kp() / 64);
+    let k = if rpw == 4 {
+        K::TernGemvQkv4
+    } else {
+        K::TernGemvQkv2
+    };
     dev.launch(
-        K::TernGemvQkv,
+        k,
         stream,
         (pairs.div_ceil(rpw / 2).div_ceil(4) as u32, 1, 1),
         (128, 1, 1),
@@ -297,7 +305,6 @@ pub fn qkv_rope_decode(
             Arg::P(wp),
             Arg::P(x.q.ptr()),
             Arg::P(x.f.ptr()),
-            Arg::P(x.s.ptr()),
             Arg::P(sp),
             Arg::P(bp),
             Arg::P(q.ptr()),
@@ -312,7 +319,6 @@ pub fn qkv_rope_decode(
             Arg::I(d.head_dim as i32),
             Arg::I(d.max_ctx as i32),
             Arg::I(rope.neox as i32),
-            Arg::I(rpw as i32),
         ],
     )
 }

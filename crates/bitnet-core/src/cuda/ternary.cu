@@ -53,7 +53,7 @@ template <int R, int U, typename AfterWait>
 __device__ __forceinline__ void gemv_rows(const uint4* __restrict__ W,
                                           const i8* __restrict__ xq, int kw,
                                           const int (&rows)[R], bool live, int (&acc)[R],
-                                          AfterWait after_wait) {
+                                          int& xsum, AfterWait after_wait) {
     int lane = threadIdx.x & 31;
     uint4 p[R][U];
 #pragma unroll
@@ -69,6 +69,7 @@ __device__ __forceinline__ void gemv_rows(const uint4* __restrict__ W,
     after_wait();
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0;
+    xsum = 0;
     if (!live) return;
     const int4* x4 = (const int4*)xq;
     for (int j0 = lane;;) {
@@ -81,6 +82,9 @@ __device__ __forceinline__ void gemv_rows(const uint4* __restrict__ W,
                 for (int e = 0; e < 4; e++) xv[e] = __ldg(x4 + 4 * j + e);
 #pragma unroll
                 for (int r = 0; r < R; r++) acc[r] = dot64(p[r][u], xv, acc[r]);
+                // Σx of the token, as the weight code 1 everywhere (2-bit 01 = 0x55…).
+                xsum = dot64(make_uint4(0x55555555u, 0x55555555u, 0x55555555u, 0x55555555u), xv,
+                             xsum);
             }
         }
         j0 += 32 * U;
@@ -96,6 +100,7 @@ __device__ __forceinline__ void gemv_rows(const uint4* __restrict__ W,
     }
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = warp_sum_i(acc[r]);
+    xsum = warp_sum_i(xsum);
 }
 
 // The reduced sum of row `lane` (every lane holds all R sums after gemv_rows).
@@ -115,7 +120,6 @@ __device__ __forceinline__ int own_sum(const int (&acc)[R]) {
 template <int R, int U>
 __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8* __restrict__ xq,
                                           const float* __restrict__ xf,
-                                          const i32* __restrict__ xs,
                                           const float* __restrict__ rs,
                                           const float* __restrict__ bias,
                                           float* __restrict__ out, int N, int kw, int mode) {
@@ -130,12 +134,10 @@ __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8*
     float rsv = my >= 0 ? rs[my] : 0.0f;
     float bv = my >= 0 && bias ? bias[my] : 0.0f;
     float f = 0.0f, ov = 0.0f;
-    int s = 0;
-    int acc[R];
-    gemv_rows<R, U>(W, xq, kw, rows, live, acc, [&]() {
+    int s, acc[R];
+    gemv_rows<R, U>(W, xq, kw, rows, live, acc, s, [&]() {
         if (my < 0) return;
         f = xf[0];
-        s = xs[0];
         if (mode == EPI_ADD) ov = out[my];
     });
     float v = tern_value_b(own_sum(acc), s, rsv, f, bias, bv);
@@ -150,17 +152,21 @@ __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8*
     }
 }
 
-// `rpw` rows per warp: 4 (two column steps per row in flight: rows up to 4096 wide, where
-// a lane holds at most two 16-byte words per row) or 2 (four steps).
+// Four rows per warp (two column steps per row in flight: rows up to 4096 wide, where a
+// lane holds at most two 16-byte words per row) or two (four steps); separate kernels, so
+// that each gets its own register count.
 extern "C" __global__ void __launch_bounds__(128)
-tern_gemv(const uint4* __restrict__ W, const i8* __restrict__ xq,
-          const float* __restrict__ xf, const i32* __restrict__ xs,
-          const float* __restrict__ rs, const float* __restrict__ bias,
-          float* __restrict__ out, int N, int kw, int mode, int rpw) {
-    if (rpw == 4)
-        gemv_body<4, 2>(W, xq, xf, xs, rs, bias, out, N, kw, mode);
-    else
-        gemv_body<2, 4>(W, xq, xf, xs, rs, bias, out, N, kw, mode);
+tern_gemv_r4(const uint4* __restrict__ W, const i8* __restrict__ xq,
+             const float* __restrict__ xf, const float* __restrict__ rs,
+             const float* __restrict__ bias, float* __restrict__ out, int N, int kw, int mode) {
+    gemv_body<4, 2>(W, xq, xf, rs, bias, out, N, kw, mode);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+tern_gemv_r2(const uint4* __restrict__ W, const i8* __restrict__ xq,
+             const float* __restrict__ xf, const float* __restrict__ rs,
+             const float* __restrict__ bias, float* __restrict__ out, int N, int kw, int mode) {
+    gemv_body<2, 4>(W, xq, xf, rs, bias, out, N, kw, mode);
 }
 
 // The two rows of pair p of a fused q|k|v matrix: for q and k heads the two rows one
@@ -225,7 +231,6 @@ __device__ __forceinline__ void qkv_rope_store(int r0, int r1, float v0, float v
 template <int R, int U>
 __device__ __forceinline__ void qkv_body(const uint4* __restrict__ W, const i8* __restrict__ xq,
                                          const float* __restrict__ xf,
-                                         const i32* __restrict__ xs,
                                          const float* __restrict__ rs,
                                          const float* __restrict__ bias, float* __restrict__ q,
                                          u16* __restrict__ kc, u16* __restrict__ vc,
@@ -259,12 +264,9 @@ __device__ __forceinline__ void qkv_body(const uint4* __restrict__ W, const i8* 
         }
     }
     float f = 0.0f;
-    int xsum = 0;
-    int acc[R];
-    gemv_rows<R, U>(W, xq, kw, rows, live, acc, [&]() {
-        if (!mine) return;
-        f = xf[0];
-        xsum = xs[0];
+    int xsum, acc[R];
+    gemv_rows<R, U>(W, xq, kw, rows, live, acc, xsum, [&]() {
+        if (mine) f = xf[0];
     });
     float v = tern_value_b(own_sum(acc), xsum, rsv, f, bias, bv);
     float v1 = __shfl_down_sync(FULL_MASK, v, 1);
@@ -273,22 +275,21 @@ __device__ __forceinline__ void qkv_body(const uint4* __restrict__ W, const i8* 
         qkv_rope_store(my, r1, v, v1, c, sn, q, kc, vc, pos, nh, nkv, hd, max_ctx);
 }
 
-// `rpw` rows (rpw/2 pairs) per warp, as tern_gemv.
-extern "C" __global__ void __launch_bounds__(128)
-tern_gemv_qkv(const uint4* __restrict__ W, const i8* __restrict__ xq,
-              const float* __restrict__ xf, const i32* __restrict__ xs,
-              const float* __restrict__ rs, const float* __restrict__ bias,
-              float* __restrict__ q, u16* __restrict__ kc, u16* __restrict__ vc,
-              const float* __restrict__ cosT, const float* __restrict__ sinT,
-              const i32* __restrict__ ctl, int kw, int nh, int nkv, int hd, int max_ctx,
-              int neox, int rpw) {
-    if (rpw == 4)
-        qkv_body<4, 2>(W, xq, xf, xs, rs, bias, q, kc, vc, cosT, sinT, ctl, kw, nh, nkv, hd,
-                       max_ctx, neox);
-    else
-        qkv_body<2, 4>(W, xq, xf, xs, rs, bias, q, kc, vc, cosT, sinT, ctl, kw, nh, nkv, hd,
-                       max_ctx, neox);
-}
+// Four rows (two pairs) or two rows per warp, as tern_gemv_r4/_r2.
+#define TERN_GEMV_QKV(NAME, R, U)                                                           \
+    extern "C" __global__ void __launch_bounds__(128)                                       \
+    NAME(const uint4* __restrict__ W, const i8* __restrict__ xq,                            \
+         const float* __restrict__ xf, const float* __restrict__ rs,                        \
+         const float* __restrict__ bias, float* __restrict__ q, u16* __restrict__ kc,       \
+         u16* __restrict__ vc, const float* __restrict__ cosT,                              \
+         const float* __restrict__ sinT, const i32* __restrict__ ctl, int kw, int nh,       \
+         int nkv, int hd, int max_ctx, int neox) {                                          \
+        qkv_body<R, U>(W, xq, xf, rs, bias, q, kc, vc, cosT, sinT, ctl, kw, nh, nkv, hd,    \
+                       max_ctx, neox);                                                      \
+    }
+TERN_GEMV_QKV(tern_gemv_qkv_r4, 4, 2)
+TERN_GEMV_QKV(tern_gemv_qkv_r2, 2, 4)
+#undef TERN_GEMV_QKV
 
 // Matrix-matrix product for prefill on the int8 tensor cores (mma.sync m16n8k32 s8·s8→s32).
 // Block tile 64 (tokens) × 128 (rows of W) × 64 (k), 8 warps of 32×32, codes decoded from

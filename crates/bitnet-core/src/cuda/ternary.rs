@@ -203,6 +203,9 @@ pub struct DevActs {
     pub(crate) kp: usize,
     pub(crate) k: usize,
     pub(crate) rows: usize,
+    /// Whether `s` holds Σq of the rows (the one-token products compute it themselves, so
+    /// the norm of a single row does not write it).
+    pub(crate) sums: bool,
 }
 
 impl DevActs {
@@ -215,6 +218,7 @@ impl DevActs {
             kp: padded_cols(max_k),
             k: max_k,
             rows: 0,
+            sums: false,
         })
     }
 
@@ -245,6 +249,7 @@ impl DevActs {
         a.f.copy_from(stream, factors)?;
         a.s.copy_from(stream, &sums)?;
         a.rows = rows;
+        a.sums = true;
         Ok(a)
     }
 
@@ -267,7 +272,7 @@ impl DevActs {
     }
 }
 
-/// Rows per warp of the one-token products (`tern_gemv`, `tern_gemv_qkv`) for rows of `kw`
+/// Rows per warp of the one-token products (`tern_gemv_r4`/`_r2`, `tern_gemv_qkv_r4`/`_r2`) for rows of `kw`
 /// 16-byte words: 4 for rows up to 4096 weights (a lane then holds two words per row, so
 /// four rows fill the 32 registers kept for weights, and each activation load serves four
 /// rows), else 2. Always even (gate/up and q|k|v rotation pairs stay in one warp).
@@ -328,35 +333,45 @@ pub fn matmul(
     }
     let bias = w.bias.as_ref().map_or(0, |b| b.ptr());
     let kw = (w.kp() / 64) as i32;
-    let common = [
-        Arg::P(w.w.ptr()),
-        Arg::P(x.q.ptr()),
-        Arg::P(x.f.ptr()),
-        Arg::P(x.s.ptr()),
-        Arg::P(w.scales.ptr()),
-        Arg::P(bias),
-        Arg::P(out.ptr()),
-    ];
+    let (wp, xq, xf, sp, op) = (w.w.ptr(), x.q.ptr(), x.f.ptr(), w.scales.ptr(), out.ptr());
     if m == 1 && !force_gemm {
+        // (The one-token product sums the token itself: no Σq argument.)
         let rpw = gemv_rows_per_warp(kw as usize);
         let blocks = n.div_ceil(rpw).div_ceil(4) as u32;
-        let mut args = common.to_vec();
-        args.extend([
+        let args = [
+            Arg::P(wp),
+            Arg::P(xq),
+            Arg::P(xf),
+            Arg::P(sp),
+            Arg::P(bias),
+            Arg::P(op),
             Arg::I(n as i32),
             Arg::I(kw),
             Arg::I(epi as i32),
-            Arg::I(rpw as i32),
-        ]);
-        dev.launch(K::TernGemv, stream, (blocks, 1, 1), (128, 1, 1), 0, &args)
+        ];
+        let k = if rpw == 4 { K::TernGemv4 } else { K::TernGemv2 };
+        dev.launch(k, stream, (blocks, 1, 1), (128, 1, 1), 0, &args)
     } else {
+        if !x.sums {
+            return Err(Error::shape(
+                "cuda::matmul",
+                "the tensor-core product needs the activations' Σq, which a one-row norm does not write",
+            ));
+        }
         let grid = (n.div_ceil(128) as u32, m.div_ceil(64) as u32, 1);
-        let mut args = common.to_vec();
-        args.extend([
+        let args = [
+            Arg::P(wp),
+            Arg::P(xq),
+            Arg::P(xf),
+            Arg::P(x.s.ptr()),
+            Arg::P(sp),
+            Arg::P(bias),
+            Arg::P(op),
             Arg::I(m as i32),
             Arg::I(n as i32),
             Arg::I(kw),
             Arg::I(epi as i32),
-        ]);
+        ];
         dev.launch(K::TernGemm, stream, grid, (256, 1, 1), 0, &args)
     }
 }
