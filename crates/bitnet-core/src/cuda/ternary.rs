@@ -272,10 +272,11 @@ impl DevActs {
     }
 }
 
-/// Rows per warp of the one-token products (`tern_gemv_r4`/`_r2`, `tern_gemv_qkv_r4`/`_r2`) for rows of `kw`
-/// 16-byte words: 4 for rows up to 4096 weights (a lane then holds two words per row, so
-/// four rows fill the 32 registers kept for weights, and each activation load serves four
-/// rows), else 2. Always even (gate/up and q|k|v rotation pairs stay in one warp).
+/// Rows per warp of the one-token products (`tern_gemv_r4`/`_r2`, `tern_gemv_qkv_r4`/`_r2`)
+/// for rows of `kw` 16-byte words: 4 for rows up to 4096 weights (a lane then holds two
+/// words per row, so four rows fill the 32 registers kept for weights, and each activation
+/// load serves four rows), else 2. Always even (gate/up and q|k|v rotation pairs stay in
+/// one warp).
 pub(crate) fn gemv_rows_per_warp(kw: usize) -> usize {
     if kw <= 64 {
         4
