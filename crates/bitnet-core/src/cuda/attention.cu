@@ -473,18 +473,22 @@ __device__ __forceinline__ void attn_gqa_body(const float* qkv, const u16* kc, c
     // current one, n − 1, is the q|k|v product's), so the first round is loaded and the
     // half-warp's later positions are prefetched into L2 while the product still runs.
     int pb0 = p0 + 2 * warp + half, pc = n - 1;
-    u32 kw[U][DL / 2], vw[U][DL / 2];
+    // The keys and values of positions pr + u·step below `end` (zeros past it).
+    auto load_round = [&](int pr, int end, u32 (&k)[U][DL / 2], u32 (&v)[U][DL / 2]) {
 #pragma unroll
-    for (int u = 0; u < U; u++) {
-        int p = pb0 + u * step;
-        if (p < p1 && p < pc) {
-            ld_words<DL>(kb + (size_t)p * hd, kw[u]);
-            ld_words<DL>(vb + (size_t)p * hd, vw[u]);
-        } else {
+        for (int u = 0; u < U; u++) {
+            int p = pr + u * step;
+            if (p < end) {
+                ld_words<DL>(kb + (size_t)p * hd, k[u]);
+                ld_words<DL>(vb + (size_t)p * hd, v[u]);
+            } else {
 #pragma unroll
-            for (int i = 0; i < DL / 2; i++) kw[u][i] = vw[u][i] = 0u;
+                for (int i = 0; i < DL / 2; i++) k[u][i] = v[u][i] = 0u;
+            }
         }
-    }
+    };
+    u32 kw[U][DL / 2], vw[U][DL / 2];
+    load_round(pb0, min(p1, pc), kw, vw);
     if ((hl & 7) == 0) {
         for (int p = pb0 + U * step; p < min(p1, pc); p += step) {
             asm volatile("prefetch.global.L2 [%0];" ::"l"(kb + (size_t)p * hd));
@@ -518,17 +522,7 @@ __device__ __forceinline__ void attn_gqa_body(const float* qkv, const u16* kc, c
     for (int pb = pb0; pb - half < p1; pb += U * step) {
         // The next round's keys and values are loaded before this round's arithmetic.
         u32 kn[U][DL / 2], vn[U][DL / 2];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            int p = pb + (U + u) * step;
-            if (p < p1) {
-                ld_words<DL>(kb + (size_t)p * hd, kn[u]);
-                ld_words<DL>(vb + (size_t)p * hd, vn[u]);
-            } else {
-#pragma unroll
-                for (int i = 0; i < DL / 2; i++) kn[u][i] = vn[u][i] = 0u;
-            }
-        }
+        load_round(pb + U * step, p1, kn, vn);
         float s[U][G];
 #pragma unroll
         for (int u = 0; u < U; u++) {
