@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use bitnet_core::cuda::attention::{attention, attention_decode, DecodeScratch};
-use bitnet_core::cuda::ops::{self, AttnDims, DevHead, RopeTables};
+use bitnet_core::cuda::head::{self, DevHead, HeadInput};
+use bitnet_core::cuda::ops::{self, AttnDims, RopeTables};
 use bitnet_core::cuda::ternary::{matmul, DevActs, DevTernary, Epilogue};
 use bitnet_core::cuda::{CudaDevice, Stream};
 use bitnet_core::nn::attention::{causal_attention, AttnShape};
@@ -16,6 +17,7 @@ use bitnet_core::nn::bitlinear::{BitLinear, QuantizedActs};
 use bitnet_core::nn::norm::{rmsnorm, rmsnorm_quantize};
 use bitnet_core::nn::rope::{Rope, RopeStyle};
 use bitnet_core::quant::dense::{DenseKind, DenseMatrix};
+use bitnet_core::quant::q6_k;
 use bitnet_core::quant::ternary::{TernaryLayout, TernaryMatrix};
 use half::f16;
 use rand::rngs::StdRng;
@@ -413,6 +415,14 @@ fn rope_kv_append_and_attention_match_cpu() {
     }
 }
 
+/// The fused arg-max slot names the first largest GPU logit.
+fn check_fused_argmax(best: &[u64], logits: &[f32]) {
+    let gi = head::argmax_index(best[0]).unwrap() as usize;
+    let gmax = logits.iter().cloned().fold(f32::MIN, f32::max);
+    let first = logits.iter().position(|&x| x == gmax).unwrap();
+    assert_eq!(gi, first, "fused arg-max vs the GPU logits");
+}
+
 #[test]
 fn embedding_head_and_argmax_match_cpu() {
     let Some((dev, s)) = device() else { return };
@@ -434,9 +444,9 @@ fn embedding_head_and_argmax_match_cpu() {
         .collect();
     assert_bits_eq("embedding rows", &gx, &want);
 
-    // LM head, f16 (from f32 weights) and int8 + scales (from Q6_K and Q8_0 weights, exact):
-    // reference in f64 over the values the device holds; ≤ 1e-5 relative.
-    for kind in [DenseKind::F32, DenseKind::Q6K, DenseKind::Q8_0] {
+    // LM head, f16 (from f32 weights) and int8 + scales (from Q8_0 weights, exact): reference
+    // in f64 over the values the device holds; ≤ 1e-5 relative.
+    for kind in [DenseKind::F32, DenseKind::Q8_0] {
         let m = DenseMatrix::from_f32(&table, v, h, kind).unwrap();
         let dw = DevHead::upload(&dev, &s, &m).unwrap();
         let mut held = m.to_f32().unwrap();
@@ -451,14 +461,13 @@ fn embedding_head_and_argmax_match_cpu() {
             let xs: Vec<f32> = (0..rows * h)
                 .map(|_| rng.random_range(-1.0f32..1.0))
                 .collect();
-            let dx = dev.upload(&s, &xs).unwrap();
+            let dx = HeadInput::F32(dev.upload(&s, &xs).unwrap());
             let mut logits = dev.alloc::<f32>(rows * v).unwrap();
             logits.fill_bytes(&s, 0xFF).unwrap();
-            let best = dev.alloc::<u64>(1).unwrap();
-            let mut bestm = best;
-            bestm.fill_bytes(&s, 0).unwrap();
-            let with_best = if rows == 1 { Some(&bestm) } else { None };
-            ops::head(&dev, &s, &dw, v, h, &dx, rows, &mut logits, with_best).unwrap();
+            let mut best = dev.alloc::<u64>(1).unwrap();
+            best.fill_bytes(&s, 0).unwrap();
+            let with_best = if rows == 1 { Some(&best) } else { None };
+            head::head(&dev, &s, &dw, v, h, &dx, rows, &mut logits, with_best).unwrap();
             let g = logits.read(&s, rows * v).unwrap();
             let mut c = vec![0.0f32; rows * v];
             for r in 0..rows {
@@ -473,13 +482,93 @@ fn embedding_head_and_argmax_match_cpu() {
             let e = rel_err(&g, &c);
             assert!(e <= 1e-5, "{kind:?} head rel err {e}");
             if rows == 1 {
-                let key = bestm.read(&s, 1).unwrap()[0];
-                let gi = ops::argmax_index(key).unwrap() as usize;
-                let gmax = g.iter().cloned().fold(f32::MIN, f32::max);
-                let first = g.iter().position(|&x| x == gmax).unwrap();
-                assert_eq!(gi, first, "fused arg-max vs the GPU logits");
+                check_fused_argmax(&best.read(&s, 1).unwrap(), &g);
             }
             eprintln!("LM head {} rows={rows}: rel err {e:.1e}", dw.describe());
+        }
+    }
+
+    // Q6_K head: the final norm quantized like Q8_K on the device (codes, scales and 16-sums
+    // equal to the CPU's rmsnorm + quantize_act_q8k) and logits bit-identical to the CPU's
+    // DenseMatrix::matvec of the normalized rows; 256 and 2560 wide (one and ten blocks per
+    // row, 5 rounds of tasks), 1 and 11 rows (passes of 8 and 3), and a row with ties of
+    // opposite sign for the Q8_K maximum.
+    for (v, h) in [(5003usize, 256usize), (1029, 2560)] {
+        let w: Vec<f32> = (0..v * h).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let m = DenseMatrix::from_f32(&w, v, h, DenseKind::Q6K).unwrap();
+        let dw = DevHead::upload(&dev, &s, &m).unwrap();
+        assert!(matches!(dw, DevHead::Q6 { .. }));
+        let mut g: Vec<f32> = (0..h).map(|_| rng.random_range(0.5f32..1.5)).collect();
+        g[9] = g[7];
+        let dg = dev.upload(&s, &g).unwrap();
+        let eps = 1e-5f32;
+        for rows in [1usize, 11] {
+            let mut xs: Vec<f32> = (0..rows * h)
+                .map(|_| rng.random_range(-3.0f32..3.0))
+                .collect();
+            if rows > 1 {
+                // equal magnitudes, the negative one first: the maximum keeps its sign
+                xs[h + 7] = -20.0;
+                xs[h + 9] = 20.0;
+                xs[2 * h..3 * h].fill(0.0);
+            }
+            let dx = dev.upload(&s, &xs).unwrap();
+            let mut xin = HeadInput::alloc(&dev, &dw, rows, h).unwrap();
+            if let HeadInput::Q8K { q, d, sums } = &mut xin {
+                q.fill_bytes(&s, 0xFF).unwrap();
+                d.fill_bytes(&s, 0xFF).unwrap();
+                sums.fill_bytes(&s, 0xFF).unwrap();
+            }
+            head::head_norm(&dev, &s, &dx, 0, rows, h, &dg, eps, &mut xin).unwrap();
+            let mut logits = dev.alloc::<f32>(rows * v).unwrap();
+            logits.fill_bytes(&s, 0xFF).unwrap();
+            let mut best = dev.alloc::<u64>(1).unwrap();
+            best.fill_bytes(&s, 0).unwrap();
+            let with_best = if rows == 1 { Some(&best) } else { None };
+            head::head(&dev, &s, &dw, v, h, &xin, rows, &mut logits, with_best).unwrap();
+            let gl = logits.read(&s, rows * v).unwrap();
+
+            let mut xn = vec![0f32; rows * h];
+            for r in 0..rows {
+                rmsnorm(
+                    &xs[r * h..(r + 1) * h],
+                    &g,
+                    eps,
+                    &mut xn[r * h..(r + 1) * h],
+                );
+            }
+            let mut cq = vec![0i8; rows * h];
+            let mut cd = vec![0f32; rows * h / 256];
+            q6_k::quantize_act_q8k(&xn, &mut cq, &mut cd);
+            let mut cs = vec![0i16; rows * h / 16];
+            q6_k::q8k_bsums(&cq, &mut cs);
+            let HeadInput::Q8K { q, d, sums } = &xin else {
+                unreachable!()
+            };
+            let gq: Vec<i8> = q
+                .read(&s, rows * h / 4)
+                .unwrap()
+                .iter()
+                .flat_map(|w| w.to_le_bytes().map(|b| b as i8))
+                .collect();
+            assert_eq!(gq, cq, "Q8_K codes ({h} wide, {rows} rows)");
+            assert_bits_eq("Q8_K scales", &d.read(&s, rows * h / 256).unwrap(), &cd);
+            let gs = sums.read(&s, rows * h / 16).unwrap();
+            assert!(
+                gs.iter().zip(&cs).all(|(&a, &b)| a == b as i32),
+                "Q8_K sums"
+            );
+
+            let mut cl = vec![0f32; rows * v];
+            m.matmul(&xn, rows, &mut cl).unwrap();
+            assert_bits_eq("Q6_K head logits", &gl, &cl);
+            if rows == 1 {
+                check_fused_argmax(&best.read(&s, 1).unwrap(), &gl);
+            }
+            eprintln!(
+                "LM head {} {v}×{h} rows={rows}: bit-identical",
+                dw.describe()
+            );
         }
     }
 
@@ -492,8 +581,8 @@ fn embedding_head_and_argmax_match_cpu() {
         }
         let dx = dev.upload(&s, &xs).unwrap();
         let mut best = dev.alloc::<u64>(1).unwrap();
-        ops::argmax(&dev, &s, &dx, n, &mut best).unwrap();
-        let gi = ops::argmax_index(best.read(&s, 1).unwrap()[0]).unwrap() as usize;
+        head::argmax(&dev, &s, &dx, n, &mut best).unwrap();
+        let gi = head::argmax_index(best.read(&s, 1).unwrap()[0]).unwrap() as usize;
         let mut ci = 0;
         for i in 0..n {
             if xs[i] > xs[ci] {

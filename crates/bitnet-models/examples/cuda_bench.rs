@@ -95,14 +95,20 @@ fn latency_kernels(dev: &CudaDevice, s: &Stream, table: &mut Vec<String>) -> R<(
         ));
     }
     for k in [2560usize, 6912] {
+        // activation-like rows and norm weights (distinct values)
+        let mut seed = 0x9E37_79B9u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32
+        };
         let xs: Vec<Vec<f32>> = (0..layers)
-            .map(|l| (0..k).map(|i| ((i * 13 + l) % 29) as f32 - 14.0).collect())
+            .map(|_| (0..k).map(|_| 8.0 * next() - 4.0).collect())
             .collect();
         let dx: Vec<_> = xs
             .iter()
             .map(|x| dev.upload(s, x))
             .collect::<Result<_, _>>()?;
-        let g = dev.upload(s, &vec![1.0f32; k])?;
+        let g = dev.upload(s, &(0..k).map(|_| 0.5 + next()).collect::<Vec<f32>>())?;
         let mut acts = bitnet_core::cuda::ternary::DevActs::new(dev, 1, k)?;
         let ms = time_graph(s, 7, &mut || {
             for x in &dx {

@@ -2,9 +2,9 @@
 //!
 //! [`CudaModel::new`] uploads the weights of a CPU [`Model`] once: q, k, v fused into one
 //! ternary matrix, gate and up interleaved row by row so that one product writes
-//! `relu(gate)²·up`, the embeddings as f32 (exact lookups) and the LM head as int8 with a
-//! scale per 16 weights when the file's head is integer-coded (Q6_K, Q8_0: exact), else as
-//! f16. The model keeps its own f16 KV cache and scratch buffers on the device, allocated
+//! `relu(gate)²·up`, the embeddings as f32 (exact lookups) and the LM head in Q6_K's 6-bit
+//! codes (its logits bit-identical to the CPU's Q6_K·Q8_K products), as int8 with a scale
+//! per 16 weights for other integer-coded heads (Q8_0: exact), else as f16. The model keeps its own f16 KV cache and scratch buffers on the device, allocated
 //! up front, so the decode loop allocates nothing. [`CudaModel::greedy_next`] runs one decode step (captured
 //! once into a CUDA graph and replayed) and reads back only the chosen token id.
 //!
@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use bitnet_core::cuda::attention::{attention, attention_decode, DecodeScratch};
 use bitnet_core::cuda::decode::{DecodeLayer, DecodeStep};
-use bitnet_core::cuda::ops::{self, AttnDims, DevHead, RopeTables};
+use bitnet_core::cuda::head::{self, DevHead, HeadInput};
+use bitnet_core::cuda::ops::{self, AttnDims, RopeTables};
 use bitnet_core::cuda::ternary::{matmul, DevActs, DevTernary, Epilogue};
 use bitnet_core::cuda::{CudaDevice, DevBuf, Event, Graph, Stream};
 use bitnet_core::quant::dense::DenseMatrix;
@@ -89,7 +90,7 @@ pub struct CudaModel {
     ffn: DevBuf<f32>,
     acts: DevActs,
     att_scratch: DecodeScratch,
-    xn: DevBuf<f32>,
+    xn: HeadInput,
     logits1: DevBuf<f32>,
     best: DevBuf<u64>,
     ctl_host: Vec<i32>,
@@ -212,7 +213,7 @@ impl CudaModel {
             ffn: dev.alloc(mb * ff)?,
             acts: DevActs::new(&dev, mb, kmax)?,
             att_scratch: DecodeScratch::new(&dev, &stream, dims, max_ctx)?,
-            xn: dev.alloc(mb.min(8) * h)?,
+            xn: HeadInput::alloc(&dev, &head, mb.min(8), h)?,
             logits1: dev.alloc(c.vocab_size)?,
             best: dev.alloc(1)?,
             ctl_host: vec![0; 2 + mb],
@@ -468,16 +469,16 @@ impl CudaModel {
                     let mut r0 = 0;
                     while r0 < m {
                         let nr = (m - r0).min(8);
-                        ops::rmsnorm(dev, s, &self.x, r0, nr, h, &self.norm, eps, &mut self.xn)?;
+                        head::head_norm(dev, s, &self.x, r0, nr, h, &self.norm, eps, &mut self.xn)?;
                         let mut part = dev.alloc::<f32>(nr * v)?;
-                        ops::head(dev, s, &self.head, v, h, &self.xn, nr, &mut part, None)?;
+                        head::head(dev, s, &self.head, v, h, &self.xn, nr, &mut part, None)?;
                         out.extend(part.read(s, nr * v)?);
                         r0 += nr;
                     }
                 }
                 Logits::Last if ci + 1 == n_chunks => {
-                    ops::rmsnorm(dev, s, &self.x, m - 1, 1, h, &self.norm, eps, &mut self.xn)?;
-                    ops::head(
+                    head::head_norm(dev, s, &self.x, m - 1, 1, h, &self.norm, eps, &mut self.xn)?;
+                    head::head(
                         dev,
                         s,
                         &self.head,
@@ -525,7 +526,7 @@ impl CudaModel {
         }
         let c = &self.config;
         let (dev, s) = (&*self.dev, &self.stream);
-        ops::rmsnorm(
+        head::head_norm(
             dev,
             s,
             &self.x,
@@ -537,7 +538,7 @@ impl CudaModel {
             &mut self.xn,
         )?;
         mark(&mut self.prof, s, "final norm")?;
-        ops::head(
+        head::head(
             dev,
             s,
             &self.head,
@@ -616,7 +617,7 @@ impl CudaModel {
         }
         let key = self.best.read(&self.stream, 1)?[0];
         self.pos += 1;
-        ops::argmax_index(key)
+        head::argmax_index(key)
             .ok_or_else(|| Error::InvalidArgument("greedy_next: every logit was NaN".into()))
     }
 

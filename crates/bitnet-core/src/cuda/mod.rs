@@ -14,6 +14,7 @@
 
 pub mod attention;
 pub mod decode;
+pub mod head;
 pub mod ops;
 pub mod ternary;
 
@@ -33,6 +34,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("common.cuh", include_str!("common.cuh")),
     ("ternary.cu", include_str!("ternary.cu")),
     ("ops.cu", include_str!("ops.cu")),
+    ("head.cu", include_str!("head.cu")),
     ("attention.cu", include_str!("attention.cu")),
     ("decode.cu", include_str!("decode.cu")),
 ];
@@ -160,6 +162,9 @@ pub(crate) enum K {
     EmbedRows,
     HeadGemv,
     HeadI8,
+    HeadQ6R1,
+    HeadQ6R8,
+    RmsnormQ8k,
     ArgmaxF32,
     CopyU4,
     Attention,
@@ -185,6 +190,9 @@ const KERNEL_NAMES: &[(K, &str)] = &[
     (K::EmbedRows, "embed_rows"),
     (K::HeadGemv, "head_gemv"),
     (K::HeadI8, "head_i8"),
+    (K::HeadQ6R1, "head_q6_r1"),
+    (K::HeadQ6R8, "head_q6_r8"),
+    (K::RmsnormQ8k, "rmsnorm_q8k"),
     (K::ArgmaxF32, "argmax_f32"),
     (K::CopyU4, "copy_u4"),
     (K::Attention, "attention"),

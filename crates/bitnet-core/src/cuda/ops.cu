@@ -103,6 +103,19 @@ rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, i
     }
 }
 
+// 1/sqrt(mean(x²) + eps) of a row, the sum of squares in f64 (every thread gets it).
+__device__ __forceinline__ float inv_rms(const float* __restrict__ xr, int K, float eps,
+                                         double* shd) {
+    double ss = 0.0;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        double v = (double)xr[k];
+        ss += v * v;
+    }
+    ss = block_reduce_once(ss, shd, 0.0, OpAdd());
+    float var = (float)(ss / (double)K);
+    return 1.0f / sqrtf(var + eps);
+}
+
 // RMSNorm in f32 (the final norm before the LM head): out = g·(x·r).
 extern "C" __global__ void __launch_bounds__(256)
 rmsnorm_f32(const float* __restrict__ x, const float* __restrict__ w, int K, float eps,
@@ -112,14 +125,7 @@ rmsnorm_f32(const float* __restrict__ x, const float* __restrict__ w, int K, flo
     PDL_LAUNCH();
     int row = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
     const float* xr = x + (size_t)row * K;
-    double ss = 0.0;
-    for (int k = tid; k < K; k += bd) {
-        double v = (double)xr[k];
-        ss += v * v;
-    }
-    ss = block_reduce_once(ss, shd, 0.0, OpAdd());
-    float var = (float)(ss / (double)K);
-    float r = 1.0f / sqrtf(var + eps);
+    float r = inv_rms(xr, K, eps, shd);
     for (int k = tid; k < K; k += bd) out[(size_t)row * K + k] = w[k] * (xr[k] * r);
 }
 
@@ -176,230 +182,6 @@ extern "C" __global__ void embed_rows(const float* __restrict__ table, const i32
         for (int k = threadIdx.x; k < H; k += blockDim.x)
             x[(size_t)i * H + k] = table[(size_t)tok * H + k];
     }
-}
-
-// Order-preserving key of (value, index): larger values win, then smaller indices.
-__device__ __forceinline__ u64 argmax_key(float v, u32 idx) {
-    u32 b = __float_as_uint(v);
-    if (v != v) b = 0;  // NaN never wins
-    else b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-    return ((u64)b << 32) | (u64)(0xffffffffu - idx);
-}
-
-__device__ __forceinline__ u64 umax64(u64 a, u64 b) { return a > b ? a : b; }
-
-__device__ __forceinline__ void block_argmax_commit(u64 key, u64* best) {
-    __shared__ u64 shk[32];
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) key = umax64(key, __shfl_xor_sync(FULL_MASK, key, o));
-    if (lane == 0) shk[w] = key;
-    __syncthreads();
-    if (w == 0) {
-        u64 k = lane < nw ? shk[lane] : 0ull;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) k = umax64(k, __shfl_xor_sync(FULL_MASK, k, o));
-        if (lane == 0 && k != 0ull) atomicMax(best, k);
-    }
-}
-
-// LM head: logits[r][v] = Σ_k W[v][k]·x[r][k], f32 accumulation, up to 8 rows of x per pass
-// over W. W is either f16 (head_gemv; H % 8 == 0, one 16-byte load = 8 weights) or int8 with
-// one f32 scale per 16 weights (head_i8, the exact factors of a Q6_K, Q8_0 or int8-row head:
-// Σ_g S[v][g]·Σ_{i<16} W[v][16g+i]·x[16g+i]; H % 16 == 0, one load = one group). Each warp
-// takes HEAD_RPW consecutive vocabulary rows; with `best` non-null (one row of x) the
-// block's arg-max is folded into *best with one atomic per block, so greedy decoding reads
-// back 8 bytes, not the logits.
-#define HEAD_RPW 4
-#define HEAD_MAXR 8
-
-__device__ __forceinline__ float dot4_i8(u32 w, float4 x) {
-    return (float)((int)(w << 24) >> 24) * x.x + (float)((int)(w << 16) >> 24) * x.y +
-           (float)((int)(w << 8) >> 24) * x.z + (float)((int)w >> 24) * x.w;
-}
-
-// The x values at the columns of one 16-byte load of weights: four float4 (16 int8
-// weights) or two (8 f16); head_dot takes the load against them.
-template <bool I8>
-__device__ __forceinline__ void head_x(const float* __restrict__ x, int j, float4* xv) {
-    const float4* xr = (const float4*)x + (I8 ? 4 : 2) * j;
-    xv[0] = __ldg(xr);
-    xv[1] = __ldg(xr + 1);
-    if (I8) {
-        xv[2] = __ldg(xr + 2);
-        xv[3] = __ldg(xr + 3);
-    }
-}
-
-template <bool I8>
-__device__ __forceinline__ float head_dot(uint4 w, const float4* xv) {
-    if (I8) {
-        return dot4_i8(w.x, xv[0]) + dot4_i8(w.y, xv[1]) + dot4_i8(w.z, xv[2]) +
-               dot4_i8(w.w, xv[3]);
-    }
-    float4 xa = xv[0], xb = xv[1];
-    return h2f((u16)(w.x & 0xffff)) * xa.x + h2f((u16)(w.x >> 16)) * xa.y +
-           h2f((u16)(w.y & 0xffff)) * xa.z + h2f((u16)(w.y >> 16)) * xa.w +
-           h2f((u16)(w.z & 0xffff)) * xb.x + h2f((u16)(w.z >> 16)) * xb.y +
-           h2f((u16)(w.w & 0xffff)) * xb.z + h2f((u16)(w.w >> 16)) * xb.w;
-}
-
-// One row of x (decode): the warp's HEAD_RPW vocabulary rows side by side, so that each
-// load of x serves all of them (x, not the weights, dominates the loads otherwise), two
-// column steps of HEAD_RPW 16-byte weight loads in flight per lane.
-#define HEAD_U 2
-template <bool I8>
-__device__ __forceinline__ void head_one(const uint4* __restrict__ W,
-                                         const float* __restrict__ S,
-                                         const float* __restrict__ x,
-                                         float* __restrict__ logits, int V, int H, u64* best) {
-    int lane = threadIdx.x & 31;
-    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
-    int hw = I8 ? H >> 4 : H >> 3;
-    int v0 = warp * HEAD_RPW;
-    uint4 p[HEAD_U][HEAD_RPW];
-    float sc[HEAD_U][HEAD_RPW];
-    float acc[HEAD_RPW];
-    auto load = [&](int j0) {
-#pragma unroll
-        for (int u = 0; u < HEAD_U; u++) {
-#pragma unroll
-            for (int r = 0; r < HEAD_RPW; r++) {
-                int j = j0 + 32 * u;
-                bool ok = v0 + r < V && j < hw;
-                size_t at = (size_t)(v0 + r) * hw + j;
-                p[u][r] = ok ? ld_stream(W + at) : make_uint4(0, 0, 0, 0);
-                sc[u][r] = I8 && ok ? __ldg(S + at) : 1.0f;
-            }
-        }
-    };
-    load(lane);  // before PDL_WAIT: the weights are constant
-    PDL_WAIT();
-    PDL_LAUNCH();
-#pragma unroll
-    for (int r = 0; r < HEAD_RPW; r++) acc[r] = 0.0f;
-    for (int j0 = lane; j0 < hw; j0 += 32 * HEAD_U) {
-        if (j0 != lane) load(j0);
-#pragma unroll
-        for (int u = 0; u < HEAD_U; u++) {
-            int j = j0 + 32 * u;
-            if (j >= hw) break;
-            float4 xv[4];
-            head_x<I8>(x, j, xv);
-#pragma unroll
-            for (int r = 0; r < HEAD_RPW; r++) {
-                float g = head_dot<I8>(p[u][r], xv);
-                acc[r] += I8 ? sc[u][r] * g : g;
-            }
-        }
-    }
-    u64 key = 0ull;
-#pragma unroll
-    for (int r = 0; r < HEAD_RPW; r++) {
-        float s = warp_sum(acc[r]);
-        if (v0 + r < V) {
-            if (lane == 0) logits[v0 + r] = s;
-            key = umax64(key, argmax_key(s, (u32)(v0 + r)));
-        }
-    }
-    if (best) block_argmax_commit(key, best);
-}
-
-template <bool I8>
-__device__ __forceinline__ void head_impl(const uint4* __restrict__ W,
-                                          const float* __restrict__ S,
-                                          const float* __restrict__ x,
-                                          float* __restrict__ logits, int V, int H, int rows,
-                                          u64* best) {
-    if (rows == 1) {
-        head_one<I8>(W, S, x, logits, V, H, best);
-        return;
-    }
-    int lane = threadIdx.x & 31;
-    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
-    int hw = I8 ? H >> 4 : H >> 3;
-    u64 key = 0ull;
-    // The first batch of the first row is loaded before PDL_WAIT (weights are constant).
-    uint4 p[4];
-    float sc[4];
-    {
-        int v = warp * HEAD_RPW;
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            int j = lane + 32 * u;
-            bool ok = v < V && j < hw;
-            p[u] = ok ? ld_stream(W + (size_t)v * hw + j) : make_uint4(0, 0, 0, 0);
-            sc[u] = I8 && ok ? __ldg(S + (size_t)v * hw + j) : 0.0f;
-        }
-    }
-    PDL_WAIT();
-    PDL_LAUNCH();
-    bool first = true;
-    for (int rr = 0; rr < HEAD_RPW; rr++) {
-        int v = warp * HEAD_RPW + rr;
-        if (v >= V) break;
-        const uint4* wr = W + (size_t)v * hw;
-        float acc[HEAD_MAXR];
-#pragma unroll
-        for (int r = 0; r < HEAD_MAXR; r++) acc[r] = 0.0f;
-        for (int j0 = lane; j0 < hw; j0 += 128) {
-            if (!first) {
-#pragma unroll
-                for (int u = 0; u < 4; u++) {
-                    int j = j0 + 32 * u;
-                    p[u] = j < hw ? ld_stream(wr + j) : make_uint4(0, 0, 0, 0);
-                    if (I8) sc[u] = j < hw ? __ldg(S + (size_t)v * hw + j) : 0.0f;
-                }
-            }
-            first = false;
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                int j = j0 + 32 * u;
-                if (j >= hw) break;
-#pragma unroll
-                for (int r = 0; r < HEAD_MAXR; r++) {
-                    if (r < rows) {
-                        float4 xv[4];
-                        head_x<I8>(x + (size_t)r * H, j, xv);
-                        float g = head_dot<I8>(p[u], xv);
-                        acc[r] += I8 ? sc[u] * g : g;
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < HEAD_MAXR; r++) {
-            if (r < rows) {
-                float s = warp_sum(acc[r]);
-                if (lane == 0) logits[(size_t)r * V + v] = s;
-                if (r == 0) key = umax64(key, argmax_key(s, (u32)v));
-            }
-        }
-    }
-    if (best) block_argmax_commit(key, best);
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-head_gemv(const uint4* __restrict__ W, const float* __restrict__ x, float* __restrict__ logits,
-          int V, int H, int rows, u64* best) {
-    head_impl<false>(W, nullptr, x, logits, V, H, rows, best);
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-head_i8(const uint4* __restrict__ W, const float* __restrict__ S, const float* __restrict__ x,
-        float* __restrict__ logits, int V, int H, int rows, u64* best) {
-    head_impl<true>(W, S, x, logits, V, H, rows, best);
-}
-
-// Arg-max of a vector into *best (which the caller zeroes first); grid-stride blocks.
-extern "C" __global__ void __launch_bounds__(256)
-argmax_f32(const float* __restrict__ x, int n, u64* best) {
-    PDL_WAIT();
-    PDL_LAUNCH();
-    u64 key = 0ull;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
-        key = umax64(key, argmax_key(x[i], (u32)i));
-    block_argmax_commit(key, best);
 }
 
 // Copy kernel for the bandwidth baseline (16-byte loads and stores, grid-stride).

@@ -1,16 +1,12 @@
 //! Wrappers of `ops.cu`: fused RMSNorm→int8, RMSNorm, RoPE + KV append, embedding lookup,
-//! the f16 LM head with its fused arg-max, arg-max, and a copy kernel for the bandwidth
-//! baseline.
-
-use rayon::prelude::*;
+//! and a copy kernel for the bandwidth baseline.
 
 use super::ternary::{gemv_rows_per_warp, padded_cols, DevActs, DevTernary};
 use super::{Arg, CudaDevice, DevBuf, Stream, K};
 use crate::error::{Error, Result};
 use crate::nn::rope::{Rope, RopeStyle};
-use crate::quant::dense::DenseMatrix;
 
-fn need(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
+pub(crate) fn need(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
     } else {
@@ -359,158 +355,6 @@ pub fn embed(
             Arg::I(h as i32),
             Arg::P(best.map_or(0, |b| b.ptr())),
         ],
-    )
-}
-
-/// Decode an arg-max slot: the index of the largest value (smallest index among ties).
-pub fn argmax_index(key: u64) -> Option<u32> {
-    if key == 0 {
-        None
-    } else {
-        Some(0xffff_ffffu32 - (key & 0xffff_ffff) as u32)
-    }
-}
-
-/// An LM head on the device. Heads stored as integers with block scales (Q6_K, Q8_0,
-/// int8 rows) keep their exact values as int8 with one f32 scale per 16 weights (1.25
-/// bytes per weight); float heads go to f16.
-pub enum DevHead {
-    F16(DevBuf<u16>),
-    I8 { q: DevBuf<i8>, scales: DevBuf<f32> },
-}
-
-impl DevHead {
-    /// Upload `m` (`vocab × hidden`), converting rows in parallel.
-    pub fn upload(dev: &CudaDevice, stream: &Stream, m: &DenseMatrix) -> Result<DevHead> {
-        let (rows, cols) = (m.rows(), m.cols());
-        if rows == 0 || !cols.is_multiple_of(8) {
-            return Err(Error::shape(
-                "cuda::DevHead",
-                format!("head {rows}×{cols} (columns must be a multiple of 8)"),
-            ));
-        }
-        let mut probe_q = vec![0i8; cols];
-        let mut probe_s = vec![0f32; cols / 16];
-        let int8 = cols.is_multiple_of(16) && m.row_i8_groups16(0, &mut probe_q, &mut probe_s)?;
-        let head = if int8 {
-            let mut q = vec![0i8; rows * cols];
-            let mut s = vec![0f32; rows * cols / 16];
-            q.par_chunks_mut(cols)
-                .zip(s.par_chunks_mut(cols / 16))
-                .enumerate()
-                .try_for_each(|(r, (qr, sr))| m.row_i8_groups16(r, qr, sr).map(|_| ()))?;
-            DevHead::I8 {
-                q: dev.upload_exact(stream, &q)?,
-                scales: dev.upload_exact(stream, &s)?,
-            }
-        } else {
-            let mut h = vec![0u16; rows * cols];
-            h.par_chunks_mut(cols).enumerate().try_for_each_init(
-                || vec![0f32; cols],
-                |f, (r, hr)| -> Result<()> {
-                    m.row_f32(r, f)?;
-                    for (o, &v) in hr.iter_mut().zip(f.iter()) {
-                        *o = half::f16::from_f32(v).to_bits();
-                    }
-                    Ok(())
-                },
-            )?;
-            DevHead::F16(dev.upload_exact(stream, &h)?)
-        };
-        stream.sync()?;
-        Ok(head)
-    }
-
-    /// Bytes one pass over the head reads.
-    pub fn nbytes(&self) -> usize {
-        match self {
-            DevHead::F16(w) => w.nbytes(),
-            DevHead::I8 { q, scales } => q.nbytes() + scales.nbytes(),
-        }
-    }
-
-    /// "f16" or "int8 + f32 scale per 16".
-    pub fn describe(&self) -> &'static str {
-        match self {
-            DevHead::F16(_) => "f16",
-            DevHead::I8 { .. } => "int8 + f32 scale per 16 (exact)",
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            DevHead::F16(w) => w.len(),
-            DevHead::I8 { q, .. } => q.len(),
-        }
-    }
-}
-
-/// LM head: `logits[r] = W·x[r]` for `rows` rows of `x` (`h` wide), `W` (`v × h`).
-/// With `best` (and one row) the arg-max is folded into `*best` (cleared beforehand by the
-/// caller, e.g. by [`embed`]).
-#[allow(clippy::too_many_arguments)]
-pub fn head(
-    dev: &CudaDevice,
-    stream: &Stream,
-    w: &DevHead,
-    v: usize,
-    h: usize,
-    x: &DevBuf<f32>,
-    rows: usize,
-    logits: &mut DevBuf<f32>,
-    best: Option<&DevBuf<u64>>,
-) -> Result<()> {
-    need(
-        "cuda::head",
-        h.is_multiple_of(8) && w.len() == v * h && x.len() >= rows * h && logits.len() >= rows * v,
-        || format!("head {}×{h} (h must be a multiple of 8), {rows} rows", v),
-    )?;
-    need("cuda::head", best.is_none() || rows == 1, || {
-        "arg-max needs one row".into()
-    })?;
-    let blocks = v.div_ceil(32) as u32; // 8 warps × 4 vocabulary rows per block
-    let mut r0 = 0;
-    while r0 < rows {
-        let nr = (rows - r0).min(8);
-        let tail = [
-            Arg::P(x.ptr_at(r0 * h)),
-            Arg::P(logits.ptr_at(r0 * v)),
-            Arg::I(v as i32),
-            Arg::I(h as i32),
-            Arg::I(nr as i32),
-            Arg::P(best.map_or(0, |b| b.ptr())),
-        ];
-        let (k, mut args) = match w {
-            DevHead::F16(w) => (K::HeadGemv, vec![Arg::P(w.ptr())]),
-            DevHead::I8 { q, scales } => (K::HeadI8, vec![Arg::P(q.ptr()), Arg::P(scales.ptr())]),
-        };
-        args.extend(tail);
-        dev.launch(k, stream, (blocks, 1, 1), (256, 1, 1), 0, &args)?;
-        r0 += nr;
-    }
-    Ok(())
-}
-
-/// Arg-max of the first `n` values of `x` into `best` (cleared first).
-pub fn argmax(
-    dev: &CudaDevice,
-    stream: &Stream,
-    x: &DevBuf<f32>,
-    n: usize,
-    best: &mut DevBuf<u64>,
-) -> Result<()> {
-    need("cuda::argmax", x.len() >= n && n > 0, || {
-        format!("{n} of {}", x.len())
-    })?;
-    best.fill_bytes(stream, 0)?;
-    let blocks = n.div_ceil(256).min(1024) as u32;
-    dev.launch(
-        K::ArgmaxF32,
-        stream,
-        (blocks, 1, 1),
-        (256, 1, 1),
-        0,
-        &[Arg::P(x.ptr()), Arg::I(n as i32), Arg::P(best.ptr())],
     )
 }
 

@@ -332,6 +332,18 @@ impl DenseMatrix {
         Ok(())
     }
 
+    /// The raw bytes of row `r` of a Q6_K matrix (`cols/256` super-blocks, see
+    /// [`q6_k::block_parts`]); `None` for other storage kinds or `r` out of range.
+    pub fn q6k_row(&self, r: usize) -> Option<&[u8]> {
+        match self {
+            DenseMatrix::Q6K { data, rows, .. } if r < *rows => {
+                let st = self.row_stride();
+                Some(&data[r * st..(r + 1) * st])
+            }
+            _ => None,
+        }
+    }
+
     /// Row `r` as int8 values and one f32 scale per 16 of them, exactly (value =
     /// scale·q, the same products [`DenseMatrix::row_f32`] computes), for the kinds that
     /// are integer-coded: Q8_0, Q6_K and I8Row. `Ok(false)` (outputs untouched) for the

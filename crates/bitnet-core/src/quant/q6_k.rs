@@ -237,6 +237,17 @@ fn block_quants(b: &[u8], q: &mut [u8; QK_K]) {
     }
 }
 
+/// One super-block (`BLOCK_BYTES` bytes) taken apart: its 256 quants (0..=63) in weight
+/// order into `q`, its 16 group scales into `scales`; returns its scale `d`. The value of
+/// weight `i` is `d·scales[i/16]·(q[i] − 32)`. For repacking into other layouts.
+pub fn block_parts(b: &[u8], q: &mut [u8; QK_K], scales: &mut [i8; QK_K / 16]) -> f32 {
+    block_quants(b, q);
+    for (s, &v) in scales.iter_mut().zip(&b[192..208]) {
+        *s = v as i8;
+    }
+    block_d(b)
+}
+
 #[inline]
 fn block_d(b: &[u8]) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[208], b[209]])).to_f32()
