@@ -21,7 +21,7 @@ fn all_kernels_compile_with_nvrtc() {
         };
         for name in [
             "tern_gemv_r4",
-            "tern_gemv_r2",
+            "tern_gemv_r4s2",
             "tern_gemv_qkv_r4",
             "tern_gemv_qkv_r2",
             "tern_gemm",
@@ -31,6 +31,9 @@ fn all_kernels_compile_with_nvrtc() {
             "embed_rows",
             "head_gemv",
             "head_i8",
+            "head_q6_r1",
+            "head_q6_r8",
+            "rmsnorm_q8k",
             "argmax_f32",
             "copy_u4",
             "attention",

@@ -152,7 +152,7 @@ fn no_driver() -> Error {
 #[repr(usize)]
 pub(crate) enum K {
     TernGemv4,
-    TernGemv2,
+    TernGemv4S2,
     TernGemvQkv4,
     TernGemvQkv2,
     TernGemm,
@@ -180,7 +180,7 @@ pub(crate) enum K {
 
 const KERNEL_NAMES: &[(K, &str)] = &[
     (K::TernGemv4, "tern_gemv_r4"),
-    (K::TernGemv2, "tern_gemv_r2"),
+    (K::TernGemv4S2, "tern_gemv_r4s2"),
     (K::TernGemvQkv4, "tern_gemv_qkv_r4"),
     (K::TernGemvQkv2, "tern_gemv_qkv_r2"),
     (K::TernGemm, "tern_gemm"),

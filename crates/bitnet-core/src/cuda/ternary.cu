@@ -43,8 +43,9 @@ __device__ __forceinline__ float tern_value(int acc, int xs, float rs, float xf,
 }
 
 // Σ c·x of the warp's R rows (whole warp; only meaningful when `live`) against one int8
-// token, U independent 16-byte weight loads per row in flight per lane (R·U ≤ 8: 32
-// registers). The first batch (the whole row when kw ≤ 32·U) is loaded before PDL_WAIT:
+// token, over the column steps jbeg, jbeg + jstep, … (32·U words each), U independent
+// 16-byte weight loads per row in flight per lane (R·U ≤ 8: 32 registers). The first batch
+// (the whole row when kw ≤ 32·U and one warp takes the row) is loaded before PDL_WAIT:
 // under programmatic dependent launch it streams in while the previous kernel (the norm)
 // still runs. `after_wait` runs right after PDL_WAIT (the caller's loads of the previous
 // kernel's outputs, so that they travel with the first activation loads instead of after
@@ -53,12 +54,13 @@ template <int R, int U, typename AfterWait>
 __device__ __forceinline__ void gemv_rows(const uint4* __restrict__ W,
                                           const i8* __restrict__ xq, int kw,
                                           const int (&rows)[R], bool live, int (&acc)[R],
-                                          int& xsum, AfterWait after_wait) {
+                                          int& xsum, int jbeg, int jstep,
+                                          AfterWait after_wait) {
     int lane = threadIdx.x & 31;
     uint4 p[R][U];
 #pragma unroll
     for (int u = 0; u < U; u++) {
-        int j = lane + 32 * u;
+        int j = jbeg + lane + 32 * u;
 #pragma unroll
         for (int r = 0; r < R; r++)
             p[r][u] = live && j < kw ? ld_stream(W + (size_t)rows[r] * kw + j)
@@ -72,7 +74,7 @@ __device__ __forceinline__ void gemv_rows(const uint4* __restrict__ W,
     xsum = 0;
     if (!live) return;
     const int4* x4 = (const int4*)xq;
-    for (int j0 = lane;;) {
+    for (int j0 = jbeg + lane;;) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int j = j0 + 32 * u;
@@ -87,7 +89,7 @@ __device__ __forceinline__ void gemv_rows(const uint4* __restrict__ W,
                              xsum);
             }
         }
-        j0 += 32 * U;
+        j0 += jstep;
         if (j0 >= kw) break;
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -113,33 +115,52 @@ __device__ __forceinline__ int own_sum(const int (&acc)[R]) {
     return a;
 }
 
-// Matrix-vector product for one token: warp w computes rows w·R … w·R + R − 1 (R even, so
-// that a gate/up pair of the fused FFN matrix lands in one warp) over the whole row; 4
-// warps per block. Lane r writes row r: it loads the row's scale and bias before PDL_WAIT
-// (they are constant) and the factors and residual right after it.
-template <int R, int U>
+// Matrix-vector product for one token: S warps of a block share rows g·R … g·R + R − 1 (R
+// even, so that a gate/up pair of the fused FFN matrix lands in one warp), warp h of them
+// taking column steps h, h + S, … (split K: for long rows, each warp's serial work, its
+// activation loads and its dp4a chains, shrinks S-fold); 4 warps per block. The first warp
+// of a group adds the others' sums (shared memory, one barrier) and its lane r writes row
+// r: it loads the row's scale and bias before PDL_WAIT (they are constant) and the factors
+// and residual right after it.
+template <int R, int U, int S>
 __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8* __restrict__ xq,
                                           const float* __restrict__ xf,
                                           const float* __restrict__ rs,
                                           const float* __restrict__ bias,
                                           float* __restrict__ out, int N, int kw, int mode) {
-    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int wib = threadIdx.x >> 5, half = wib % S;
+    int group = (int)(blockIdx.x * (blockDim.x >> 5) + wib) / S;
     int lane = threadIdx.x & 31;
-    int r0 = warp * R;
+    int r0 = group * R;
     bool live = r0 < N;
     int rows[R];
 #pragma unroll
     for (int r = 0; r < R; r++) rows[r] = min(r0 + r, N - 1);
-    int my = live && lane < R && r0 + lane < N ? r0 + lane : -1;
+    int my = half == 0 && live && lane < R && r0 + lane < N ? r0 + lane : -1;
     float rsv = my >= 0 ? rs[my] : 0.0f;
     float bv = my >= 0 && bias ? bias[my] : 0.0f;
     float f = 0.0f, ov = 0.0f;
     int s, acc[R];
-    gemv_rows<R, U>(W, xq, kw, rows, live, acc, s, [&]() {
+    gemv_rows<R, U>(W, xq, kw, rows, live, acc, s, 32 * U * half, 32 * U * S, [&]() {
         if (my < 0) return;
         f = xf[0];
         if (mode == EPI_ADD) ov = out[my];
     });
+    if (S > 1) {
+        __shared__ int part[4][R + 1];
+        if (half > 0 && lane == 0) {
+#pragma unroll
+            for (int r = 0; r < R; r++) part[wib][r] = acc[r];
+            part[wib][R] = s;
+        }
+        __syncthreads();
+        if (half > 0) return;
+        for (int h = 1; h < S; h++) {
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r] += part[wib + h][r];
+            s += part[wib + h][R];
+        }
+    }
     float v = tern_value_b(own_sum(acc), s, rsv, f, bias, bv);
     if (mode == EPI_RELU2) {
         float up = __shfl_down_sync(FULL_MASK, v, 1);
@@ -152,21 +173,22 @@ __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8*
     }
 }
 
-// Four rows per warp (two column steps per row in flight: rows up to 4096 wide, where a
-// lane holds at most two 16-byte words per row) or two (four steps); separate kernels, so
-// that each gets its own register count.
+// Four rows per warp, two column steps per row in flight (a lane holds two 16-byte words
+// per row): one warp per row group for rows up to 4096 wide, two (split K) for longer ones;
+// separate kernels, so that each gets its own register count.
 extern "C" __global__ void __launch_bounds__(128)
 tern_gemv_r4(const uint4* __restrict__ W, const i8* __restrict__ xq,
              const float* __restrict__ xf, const float* __restrict__ rs,
              const float* __restrict__ bias, float* __restrict__ out, int N, int kw, int mode) {
-    gemv_body<4, 2>(W, xq, xf, rs, bias, out, N, kw, mode);
+    gemv_body<4, 2, 1>(W, xq, xf, rs, bias, out, N, kw, mode);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
-tern_gemv_r2(const uint4* __restrict__ W, const i8* __restrict__ xq,
-             const float* __restrict__ xf, const float* __restrict__ rs,
-             const float* __restrict__ bias, float* __restrict__ out, int N, int kw, int mode) {
-    gemv_body<2, 4>(W, xq, xf, rs, bias, out, N, kw, mode);
+tern_gemv_r4s2(const uint4* __restrict__ W, const i8* __restrict__ xq,
+               const float* __restrict__ xf, const float* __restrict__ rs,
+               const float* __restrict__ bias, float* __restrict__ out, int N, int kw,
+               int mode) {
+    gemv_body<4, 2, 2>(W, xq, xf, rs, bias, out, N, kw, mode);
 }
 
 // The two rows of pair p of a fused q|k|v matrix: for q and k heads the two rows one
@@ -265,7 +287,7 @@ __device__ __forceinline__ void qkv_body(const uint4* __restrict__ W, const i8* 
     }
     float f = 0.0f;
     int xsum, acc[R];
-    gemv_rows<R, U>(W, xq, kw, rows, live, acc, xsum, [&]() {
+    gemv_rows<R, U>(W, xq, kw, rows, live, acc, xsum, 0, 32 * U, [&]() {
         if (mine) f = xf[0];
     });
     float v = tern_value_b(own_sum(acc), xsum, rsv, f, bias, bv);

@@ -272,11 +272,10 @@ impl DevActs {
     }
 }
 
-/// Rows per warp of the one-token products (`tern_gemv_r4`/`_r2`, `tern_gemv_qkv_r4`/`_r2`)
-/// for rows of `kw` 16-byte words: 4 for rows up to 4096 weights (a lane then holds two
-/// words per row, so four rows fill the 32 registers kept for weights, and each activation
-/// load serves four rows), else 2. Always even (gate/up and q|k|v rotation pairs stay in
-/// one warp).
+/// Rows per warp of the one-token q|k|v products (`tern_gemv_qkv_r4`/`_r2`) for rows of `kw`
+/// 16-byte words: 4 for rows up to 4096 weights (a lane then holds two words per row, so
+/// four rows fill the 32 registers kept for weights, and each activation load serves four
+/// rows), else 2. Always even (rotation pairs stay in one warp).
 pub(crate) fn gemv_rows_per_warp(kw: usize) -> usize {
     if kw <= 64 {
         4
@@ -337,8 +336,13 @@ pub fn matmul(
     let (wp, xq, xf, sp, op) = (w.w.ptr(), x.q.ptr(), x.f.ptr(), w.scales.ptr(), out.ptr());
     if m == 1 && !force_gemm {
         // (The one-token product sums the token itself: no Σq argument.)
-        let rpw = gemv_rows_per_warp(kw as usize);
-        let blocks = n.div_ceil(rpw).div_ceil(4) as u32;
+        // Four rows per warp; rows longer than 4096 weights split over two warps.
+        let (k, groups_per_block) = if kw <= 64 {
+            (K::TernGemv4, 4)
+        } else {
+            (K::TernGemv4S2, 2)
+        };
+        let blocks = n.div_ceil(4).div_ceil(groups_per_block) as u32;
         let args = [
             Arg::P(wp),
             Arg::P(xq),
@@ -350,7 +354,6 @@ pub fn matmul(
             Arg::I(kw),
             Arg::I(epi as i32),
         ];
-        let k = if rpw == 4 { K::TernGemv4 } else { K::TernGemv2 };
         dev.launch(k, stream, (blocks, 1, 1), (128, 1, 1), 0, &args)
     } else {
         if !x.sums {
