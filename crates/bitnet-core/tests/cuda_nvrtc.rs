@@ -22,6 +22,7 @@ fn all_kernels_compile_with_nvrtc() {
         for name in [
             "tern_gemv_r4",
             "tern_gemv_r4s2",
+            "tern_gemv_r4s2u1",
             "tern_gemv_qkv_r4",
             "tern_gemv_qkv_r2",
             "tern_gemm",

@@ -153,6 +153,7 @@ fn no_driver() -> Error {
 pub(crate) enum K {
     TernGemv4,
     TernGemv4S2,
+    TernGemv4S2U1,
     TernGemvQkv4,
     TernGemvQkv2,
     TernGemm,
@@ -181,6 +182,7 @@ pub(crate) enum K {
 const KERNEL_NAMES: &[(K, &str)] = &[
     (K::TernGemv4, "tern_gemv_r4"),
     (K::TernGemv4S2, "tern_gemv_r4s2"),
+    (K::TernGemv4S2U1, "tern_gemv_r4s2u1"),
     (K::TernGemvQkv4, "tern_gemv_qkv_r4"),
     (K::TernGemvQkv2, "tern_gemv_qkv_r2"),
     (K::TernGemm, "tern_gemm"),

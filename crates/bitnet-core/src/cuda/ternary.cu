@@ -173,14 +173,23 @@ __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8*
     }
 }
 
-// Four rows per warp, two column steps per row in flight (a lane holds two 16-byte words
-// per row): one warp per row group for rows up to 4096 wide, two (split K) for longer ones;
-// separate kernels, so that each gets its own register count.
+// Four rows per warp: one warp per row group, two column steps per row in flight (a lane
+// holds two 16-byte words per row); or two warps per row group (split K), one column step
+// each per round (rows up to 4096 wide) or two (longer rows). Separate kernels, so that each
+// gets its own register count; the wrapper picks (ternary.rs, `matmul`).
 extern "C" __global__ void __launch_bounds__(128)
 tern_gemv_r4(const uint4* __restrict__ W, const i8* __restrict__ xq,
              const float* __restrict__ xf, const float* __restrict__ rs,
              const float* __restrict__ bias, float* __restrict__ out, int N, int kw, int mode) {
     gemv_body<4, 2, 1>(W, xq, xf, rs, bias, out, N, kw, mode);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+tern_gemv_r4s2u1(const uint4* __restrict__ W, const i8* __restrict__ xq,
+               const float* __restrict__ xf, const float* __restrict__ rs,
+               const float* __restrict__ bias, float* __restrict__ out, int N, int kw,
+               int mode) {
+    gemv_body<4, 1, 2>(W, xq, xf, rs, bias, out, N, kw, mode);
 }
 
 extern "C" __global__ void __launch_bounds__(128)

@@ -336,11 +336,15 @@ pub fn matmul(
     let (wp, xq, xf, sp, op) = (w.w.ptr(), x.q.ptr(), x.f.ptr(), w.scales.ptr(), out.ptr());
     if m == 1 && !force_gemm {
         // (The one-token product sums the token itself: no Σq argument.)
-        // Four rows per warp; rows longer than 4096 weights split over two warps.
-        let (k, groups_per_block) = if kw <= 64 {
-            (K::TernGemv4, 4)
-        } else {
-            (K::TernGemv4S2, 2)
+        // Four rows per warp. Rows longer than 2048 weights are split over two warps (one
+        // 16-byte column step each per round up to 4096 weights, two beyond) when the doubled
+        // warp count still fits on the GPU at once (28 warps of 72 registers per SM): split,
+        // the fused gate/up product (13,824 rows) would not fit and gets slower.
+        let split_fits = n.div_ceil(4) * 2 <= 28 * dev.sm_count();
+        let (k, groups_per_block) = match kw {
+            33..=64 if split_fits => (K::TernGemv4S2U1, 2),
+            65.. if split_fits => (K::TernGemv4S2, 2),
+            _ => (K::TernGemv4, 4),
         };
         let blocks = n.div_ceil(4).div_ceil(groups_per_block) as u32;
         let args = [
