@@ -449,7 +449,7 @@ attn_decode_cluster(const float* __restrict__ qkv, const u16* __restrict__ kc,
 // [r·G·hd/AG_S, (r+1)·G·hd/AG_S) of the group), in a fixed order. Dynamic shared memory:
 // (AG_W·G·(hd + 3) + G·(hd + 2)) floats.
 #define AG_S 8
-#define AG_W 8
+#define AG_W 4
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 template <int DL, int G>
 __device__ __forceinline__ void attn_gqa_body(const float* qkv, const u16* kc, const u16* vc,

@@ -200,7 +200,7 @@ pub fn attention_decode(
 /// Blocks per KV head (`AG_S` in attention.cu) and warps per block (`AG_W`) of the sm_90
 /// decode attention by KV group.
 const GQA_SPLITS: u32 = 8;
-const GQA_WARPS: usize = 8;
+const GQA_WARPS: usize = 4;
 
 /// Whether `attn_decode_gqa` is built for these shapes (head_dim 32, 64, 96 or 128 and
 /// 1, 2, 4 or 8 query heads per KV head, at most 32 registers of query per lane) and not
