@@ -357,6 +357,18 @@ fn main() -> R<()> {
     dev.set_pdl(pdl_default);
     gm.set_use_graph(false);
     gm.set_use_graph(true);
+    gm.set_persistent_decode(false);
+    let ms = gm.time_graph_replays(1, n_dec)?;
+    println!(
+        "decode step at position {}, {n_dec} graph replays back to back (no host round trip): {ms:.3} ms/token → {:.0} tok/s",
+        gm.position(),
+        1e3 / ms
+    );
+    table.push(format!(
+        "| decode step, graph replays back to back (position {}, no host round trip) | {:.0} tok/s ({ms:.3} ms/token) | |",
+        gm.position(),
+        1e3 / ms
+    ));
     for bps in [0, 1] {
         if bps == 0 {
             gm.set_persistent_decode(false);

@@ -595,6 +595,30 @@ impl CudaModel {
         Ok(out)
     }
 
+    /// GPU time of one captured decode step (ms), replayed `n` times back to back at the
+    /// current position with no host round trip between steps (queued behind a 20 ms GPU
+    /// sleep): what [`CudaModel::greedy_next`] costs minus its per-token host work (upload
+    /// of the token, graph launch, read-back of the arg-max). The position does not advance.
+    /// For benchmarks only.
+    pub fn time_graph_replays(&mut self, token: u32, n: usize) -> Result<f64> {
+        self.greedy_next(token)?; // the graph, captured
+        self.pos -= 1;
+        self.upload_ctl(&[token])?;
+        let Some(g) = &self.graph else {
+            return Err(Error::InvalidArgument(
+                "time_graph_replays: no decode graph (graphs turned off or capture failed)".into(),
+            ));
+        };
+        ops::gpu_sleep(&self.dev, &self.stream, 20_000_000)?;
+        let t0 = self.stream.record()?;
+        for _ in 0..n {
+            g.launch()?;
+        }
+        let t1 = self.stream.record()?;
+        self.stream.sync()?;
+        Ok(bitnet_core::cuda::elapsed_ms(&t0, &t1)? / n.max(1) as f64)
+    }
+
     /// One greedy decode step: run `token` at the next position and return the arg-max of
     /// its logits, computed on the GPU (only the token id comes back).
     pub fn greedy_next(&mut self, token: u32) -> Result<u32> {
