@@ -4,9 +4,10 @@
 //! ternary matrix, gate and up interleaved row by row so that one product writes
 //! `relu(gate)²·up`, the embeddings as f32 (exact lookups) and the LM head in Q6_K's 6-bit
 //! codes (its logits bit-identical to the CPU's Q6_K·Q8_K products), as int8 with a scale
-//! per 16 weights for other integer-coded heads (Q8_0: exact), else as f16. The model keeps its own f16 KV cache and scratch buffers on the device, allocated
-//! up front, so the decode loop allocates nothing. [`CudaModel::greedy_next`] runs one decode step (captured
-//! once into a CUDA graph and replayed) and reads back only the chosen token id.
+//! per 16 weights for other integer-coded heads (Q8_0: exact), else as f16. The model keeps
+//! its own f16 KV cache and scratch buffers on the device, allocated up front, so the decode
+//! loop allocates nothing. [`CudaModel::greedy_next`] runs one decode step (captured once
+//! into a CUDA graph and replayed) and reads back only the chosen token id.
 //!
 //! Per layer: RMSNorm→int8 (one kernel) → qkv product → RoPE + KV append → attention (for
 //! one token: split over positions, flash-decoding style) →

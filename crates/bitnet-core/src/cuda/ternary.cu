@@ -45,7 +45,7 @@ __device__ __forceinline__ float tern_value(int acc, int xs, float rs, float xf,
 // Σ c·x of the warp's R rows (whole warp; only meaningful when `live`) against one int8
 // token, over the column steps jbeg, jbeg + jstep, … (32·U words each), U independent
 // 16-byte weight loads per row in flight per lane (R·U ≤ 8: 32 registers). The first batch
-// (the whole row when kw ≤ 32·U and one warp takes the row) is loaded before PDL_WAIT:
+// (all of the warp's steps when there is only one) is loaded before PDL_WAIT:
 // under programmatic dependent launch it streams in while the previous kernel (the norm)
 // still runs. `after_wait` runs right after PDL_WAIT (the caller's loads of the previous
 // kernel's outputs, so that they travel with the first activation loads instead of after
@@ -186,9 +186,9 @@ tern_gemv_r4(const uint4* __restrict__ W, const i8* __restrict__ xq,
 
 extern "C" __global__ void __launch_bounds__(128)
 tern_gemv_r4s2u1(const uint4* __restrict__ W, const i8* __restrict__ xq,
-               const float* __restrict__ xf, const float* __restrict__ rs,
-               const float* __restrict__ bias, float* __restrict__ out, int N, int kw,
-               int mode) {
+                 const float* __restrict__ xf, const float* __restrict__ rs,
+                 const float* __restrict__ bias, float* __restrict__ out, int N, int kw,
+                 int mode) {
     gemv_body<4, 1, 2>(W, xq, xf, rs, bias, out, N, kw, mode);
 }
 
