@@ -28,8 +28,9 @@ __device__ __forceinline__ void block_argmax_commit(u64 key, u64* best) {
 
 // LM head: logits[r][v] = Σ_k W[v][k]·x[r][k], f32 accumulation, up to 8 rows of x per pass
 // over W. W is either f16 (head_gemv; H % 8 == 0, one 16-byte load = 8 weights) or int8 with
-// one f32 scale per 16 weights (head_i8, the exact factors of a Q6_K, Q8_0 or int8-row head:
-// Σ_g S[v][g]·Σ_{i<16} W[v][16g+i]·x[16g+i]; H % 16 == 0, one load = one group). Each warp
+// one f32 scale per 16 weights (head_i8, the exact factors of a Q8_0 or int8-row head, or of
+// a Q6_K head too wide for head_q6 below: Σ_g S[v][g]·Σ_{i<16} W[v][16g+i]·x[16g+i];
+// H % 16 == 0, one load = one group), with f32 x. Each warp
 // takes HEAD_RPW consecutive vocabulary rows; with `best` non-null (one row of x) the
 // block's arg-max is folded into *best with one atomic per block, so greedy decoding reads
 // back 8 bytes, not the logits.
