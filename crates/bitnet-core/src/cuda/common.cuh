@@ -52,6 +52,36 @@ __device__ __forceinline__ T warp_reduce(T v, Op op) {
     return v;
 }
 
+// Integer sums, and maxima of values known to be ≥ 0 (OpMaxNonNeg: NaN counts as 0, as
+// fmaxf ignores it), take one redux.sync instruction on sm_80+ instead of five shuffle
+// steps (exact either way: integer addition, and non-negative floats order as their bits).
+struct OpMaxNonNeg {};
+
+__device__ __forceinline__ int warp_reduce(int v, OpAdd op) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    int r;
+    asm volatile("redux.sync.add.s32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
+    return r;
+#else
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+#endif
+}
+
+__device__ __forceinline__ float warp_reduce(float v, OpMaxNonNeg) {
+    u32 b = v == v ? __float_as_uint(v) : 0u;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    u32 r;
+    asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(b));
+    return __uint_as_float(r);
+#else
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) b = max(b, __shfl_xor_sync(FULL_MASK, b, o));
+    return __uint_as_float(b);
+#endif
+}
+
 // One barrier: for an `sh` that the block uses for this reduction only (nothing may read
 // it from an earlier reduction when it is written).
 template <typename T, typename Op>

@@ -51,7 +51,7 @@ rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, i
             xv[e] = wv[e] * (xv[e] * r);
             am = fmaxf(am, fabsf(xv[e]));
         }
-        am = block_reduce_once(am, shf, 0.0f, OpMax());
+        am = block_reduce_once(am, shf, 0.0f, OpMaxNonNeg());
         float a = 127.0f / fmaxf(am, 1e-5f);
         int s = 0;
 #pragma unroll
@@ -85,7 +85,7 @@ rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, i
     float r = 1.0f / sqrtf(var + eps);
     float am = 0.0f;
     for (int k = tid; k < K; k += bd) am = fmaxf(am, fabsf(w[k] * (xr[k] * r)));
-    am = block_reduce_once(am, shf, 0.0f, OpMax());
+    am = block_reduce_once(am, shf, 0.0f, OpMaxNonNeg());
     float a = 127.0f / fmaxf(am, 1e-5f);
     int s = 0;
     for (int k = tid; k < K; k += bd) {
