@@ -306,7 +306,8 @@ __device__ __forceinline__ void qkv_body(const uint4* __restrict__ W, const i8* 
         qkv_rope_store(my, r1, v, v1, c, sn, q, kc, vc, pos, nh, nkv, hd, max_ctx);
 }
 
-// Four rows (two pairs) or two rows per warp, as tern_gemv_r4/_r2.
+// Four rows (two pairs) per warp for rows up to 4096 weights (a lane holds two 16-byte words
+// per row), else two rows with four words each; one warp per row group (no split K here).
 #define TERN_GEMV_QKV(NAME, R, U)                                                           \
     extern "C" __global__ void __launch_bounds__(128)                                       \
     NAME(const uint4* __restrict__ W, const i8* __restrict__ xq,                            \
