@@ -1,7 +1,7 @@
 //! Wrappers of `ops.cu`: fused RMSNorm→int8, RMSNorm, RoPE + KV append, embedding lookup,
 //! and a copy kernel for the bandwidth baseline.
 
-use super::ternary::{gemv_rows_per_warp, padded_cols, DevActs, DevTernary};
+use super::ternary::{padded_cols, DevActs, DevTernary, GemvSplit};
 use super::{Arg, CudaDevice, DevBuf, Stream, K};
 use crate::error::{Error, Result};
 use crate::nn::rope::{Rope, RopeStyle};
@@ -285,16 +285,16 @@ pub fn qkv_rope_decode(
     )?;
     let [wp, sp, bp] = w.ptrs();
     let pairs = d.qkv_width() / 2;
-    let rpw = gemv_rows_per_warp(w.kp() / 64);
-    let k = if rpw == 4 {
-        K::TernGemvQkv4
-    } else {
-        K::TernGemvQkv2
+    let split = GemvSplit::choose(dev, 2 * pairs, w.kp() / 64);
+    let k = match split {
+        GemvSplit::None => K::TernGemvQkv4,
+        GemvSplit::TwoU1 => K::TernGemvQkv4S2U1,
+        GemvSplit::TwoU2 => K::TernGemvQkv4S2,
     };
     dev.launch(
         k,
         stream,
-        (pairs.div_ceil(rpw / 2).div_ceil(4) as u32, 1, 1),
+        (split.blocks(2 * pairs), 1, 1),
         (128, 1, 1),
         0,
         &[

@@ -115,6 +115,29 @@ __device__ __forceinline__ int own_sum(const int (&acc)[R]) {
     return a;
 }
 
+// Split K: the S warps of a row group (consecutive in the block, `half` = index among them)
+// each summed a share of the columns; the first gets the others' row sums and token sums
+// through shared memory (one barrier for the whole block). Returns whether this warp goes
+// on to the epilogue (the first of its group).
+template <int R, int S>
+__device__ __forceinline__ bool split_combine(int (&acc)[R], int& s, int wib, int half) {
+    if (S == 1) return true;
+    __shared__ int part[4][R + 1];
+    if (half > 0 && (threadIdx.x & 31) == 0) {
+#pragma unroll
+        for (int r = 0; r < R; r++) part[wib][r] = acc[r];
+        part[wib][R] = s;
+    }
+    __syncthreads();
+    if (half > 0) return false;
+    for (int h = 1; h < S; h++) {
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] += part[wib + h][r];
+        s += part[wib + h][R];
+    }
+    return true;
+}
+
 // Matrix-vector product for one token: S warps of a block share rows g·R … g·R + R − 1 (R
 // even, so that a gate/up pair of the fused FFN matrix lands in one warp), warp h of them
 // taking column steps h, h + S, … (split K: for long rows, each warp's serial work, its
@@ -146,21 +169,7 @@ __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8*
         f = xf[0];
         if (mode == EPI_ADD) ov = out[my];
     });
-    if (S > 1) {
-        __shared__ int part[4][R + 1];
-        if (half > 0 && lane == 0) {
-#pragma unroll
-            for (int r = 0; r < R; r++) part[wib][r] = acc[r];
-            part[wib][R] = s;
-        }
-        __syncthreads();
-        if (half > 0) return;
-        for (int h = 1; h < S; h++) {
-#pragma unroll
-            for (int r = 0; r < R; r++) acc[r] += part[wib + h][r];
-            s += part[wib + h][R];
-        }
-    }
+    if (!split_combine<R, S>(acc, s, wib, half)) return;
     float v = tern_value_b(own_sum(acc), s, rsv, f, bias, bv);
     if (mode == EPI_RELU2) {
         float up = __shfl_down_sync(FULL_MASK, v, 1);
@@ -255,11 +264,12 @@ __device__ __forceinline__ void qkv_rope_store(int r0, int r1, float v0, float v
 }
 
 // Decode q|k|v product with RoPE and the cache append fused in (replaces tern_gemv +
-// rope_kv for one token): warp w takes q|k|v pairs w·R/2 … (see qkv_rows), q goes to
-// q[0..nh·hd), k and v to the caches at position ctl[0]. Lane r loads row r's scale and
-// bias before PDL_WAIT, lane 2k also pair k's cos/sin (the position is written before the
-// step, by no kernel); the factors come right after it; lane 2k writes pair k.
-template <int R, int U>
+// rope_kv for one token): row group g (S warps, split K as in gemv_body) takes q|k|v pairs
+// g·R/2 … (see qkv_rows), q goes to q[0..nh·hd), k and v to the caches at position ctl[0].
+// In the group's first warp, lane r loads row r's scale and bias before PDL_WAIT, lane 2k
+// also pair k's cos/sin (the position is written before the step, by no kernel); the
+// factors come right after it; lane 2k writes pair k.
+template <int R, int U, int S>
 __device__ __forceinline__ void qkv_body(const uint4* __restrict__ W, const i8* __restrict__ xq,
                                          const float* __restrict__ xf,
                                          const float* __restrict__ rs,
@@ -269,16 +279,17 @@ __device__ __forceinline__ void qkv_body(const uint4* __restrict__ W, const i8* 
                                          const float* __restrict__ sinT,
                                          const i32* __restrict__ ctl, int kw, int nh, int nkv,
                                          int hd, int max_ctx, int neox) {
-    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int wib = threadIdx.x >> 5, half = wib % S;
+    int group = (int)(blockIdx.x * (blockDim.x >> 5) + wib) / S;
     int lane = threadIdx.x & 31;
     int pairs = ((nh + 2 * nkv) * hd) >> 1;
-    int p0 = warp * (R / 2);
+    int p0 = group * (R / 2);
     bool live = p0 < pairs;
     int rows[R];
 #pragma unroll
     for (int k = 0; k < R / 2; k++)
         qkv_rows(min(p0 + k, pairs - 1), nh, nkv, hd, neox, rows[2 * k], rows[2 * k + 1]);
-    bool mine = live && lane < R && p0 + (lane >> 1) < pairs;
+    bool mine = half == 0 && live && lane < R && p0 + (lane >> 1) < pairs;
     int my = -1, pos = 0;
     float rsv = 0.0f, bv = 0.0f, c = 0.0f, sn = 0.0f;
     if (mine) {
@@ -296,9 +307,10 @@ __device__ __forceinline__ void qkv_body(const uint4* __restrict__ W, const i8* 
     }
     float f = 0.0f;
     int xsum, acc[R];
-    gemv_rows<R, U>(W, xq, kw, rows, live, acc, xsum, 0, 32 * U, [&]() {
+    gemv_rows<R, U>(W, xq, kw, rows, live, acc, xsum, 32 * U * half, 32 * U * S, [&]() {
         if (mine) f = xf[0];
     });
+    if (!split_combine<R, S>(acc, xsum, wib, half)) return;
     float v = tern_value_b(own_sum(acc), xsum, rsv, f, bias, bv);
     float v1 = __shfl_down_sync(FULL_MASK, v, 1);
     int r1 = __shfl_down_sync(FULL_MASK, my, 1);
@@ -306,9 +318,9 @@ __device__ __forceinline__ void qkv_body(const uint4* __restrict__ W, const i8* 
         qkv_rope_store(my, r1, v, v1, c, sn, q, kc, vc, pos, nh, nkv, hd, max_ctx);
 }
 
-// Four rows (two pairs) per warp for rows up to 4096 weights (a lane holds two 16-byte words
-// per row), else two rows with four words each; one warp per row group (no split K here).
-#define TERN_GEMV_QKV(NAME, R, U)                                                           \
+// Four rows (two pairs) per warp; one warp per row group or two (split K), as tern_gemv_r4,
+// _r4s2u1, _r4s2.
+#define TERN_GEMV_QKV(NAME, R, U, S)                                                        \
     extern "C" __global__ void __launch_bounds__(128)                                       \
     NAME(const uint4* __restrict__ W, const i8* __restrict__ xq,                            \
          const float* __restrict__ xf, const float* __restrict__ rs,                        \
@@ -316,11 +328,12 @@ __device__ __forceinline__ void qkv_body(const uint4* __restrict__ W, const i8* 
          u16* __restrict__ vc, const float* __restrict__ cosT,                              \
          const float* __restrict__ sinT, const i32* __restrict__ ctl, int kw, int nh,       \
          int nkv, int hd, int max_ctx, int neox) {                                          \
-        qkv_body<R, U>(W, xq, xf, rs, bias, q, kc, vc, cosT, sinT, ctl, kw, nh, nkv, hd,    \
-                       max_ctx, neox);                                                      \
+        qkv_body<R, U, S>(W, xq, xf, rs, bias, q, kc, vc, cosT, sinT, ctl, kw, nh, nkv, hd, \
+                          max_ctx, neox);                                                   \
     }
-TERN_GEMV_QKV(tern_gemv_qkv_r4, 4, 2)
-TERN_GEMV_QKV(tern_gemv_qkv_r2, 2, 4)
+TERN_GEMV_QKV(tern_gemv_qkv_r4, 4, 2, 1)
+TERN_GEMV_QKV(tern_gemv_qkv_r4s2u1, 4, 1, 2)
+TERN_GEMV_QKV(tern_gemv_qkv_r4s2, 4, 2, 2)
 #undef TERN_GEMV_QKV
 
 // Matrix-matrix product for prefill on the int8 tensor cores (mma.sync m16n8k32 s8·s8→s32).

@@ -272,15 +272,35 @@ impl DevActs {
     }
 }
 
-/// Rows per warp of the one-token q|k|v products (`tern_gemv_qkv_r4`/`_r2`) for rows of `kw`
-/// 16-byte words: 4 for rows up to 4096 weights (a lane then holds two words per row, so
-/// four rows fill the 32 registers kept for weights, and each activation load serves four
-/// rows), else 2. Always even (rotation pairs stay in one warp).
-pub(crate) fn gemv_rows_per_warp(kw: usize) -> usize {
-    if kw <= 64 {
-        4
-    } else {
-        2
+/// How the one-token products (`tern_gemv_*`, `tern_gemv_qkv_*`) cover `n` rows of `kw`
+/// 16-byte words: four rows per warp, and rows longer than 2048 weights split over two
+/// warps (one 16-byte column step each per round up to 4096 weights, two beyond) when the
+/// doubled warp count still fits on the GPU at once (28 warps of 72 registers per SM):
+/// split, the fused gate/up product (13,824 rows) would not fit and gets slower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GemvSplit {
+    /// One warp per four rows.
+    None,
+    /// Two warps, one column step each per round.
+    TwoU1,
+    /// Two warps, two column steps each per round.
+    TwoU2,
+}
+
+impl GemvSplit {
+    pub(crate) fn choose(dev: &CudaDevice, n: usize, kw: usize) -> GemvSplit {
+        let fits = n.div_ceil(4) * 2 <= 28 * dev.sm_count();
+        match kw {
+            33..=64 if fits => GemvSplit::TwoU1,
+            65.. if fits => GemvSplit::TwoU2,
+            _ => GemvSplit::None,
+        }
+    }
+
+    /// Thread blocks (4 warps each) for `n` rows.
+    pub(crate) fn blocks(self, n: usize) -> u32 {
+        let groups_per_block = if self == GemvSplit::None { 4 } else { 2 };
+        n.div_ceil(4).div_ceil(groups_per_block) as u32
     }
 }
 
@@ -336,17 +356,13 @@ pub fn matmul(
     let (wp, xq, xf, sp, op) = (w.w.ptr(), x.q.ptr(), x.f.ptr(), w.scales.ptr(), out.ptr());
     if m == 1 && !force_gemm {
         // (The one-token product sums the token itself: no Σq argument.)
-        // Four rows per warp. Rows longer than 2048 weights are split over two warps (one
-        // 16-byte column step each per round up to 4096 weights, two beyond) when the doubled
-        // warp count still fits on the GPU at once (28 warps of 72 registers per SM): split,
-        // the fused gate/up product (13,824 rows) would not fit and gets slower.
-        let split_fits = n.div_ceil(4) * 2 <= 28 * dev.sm_count();
-        let (k, groups_per_block) = match kw {
-            33..=64 if split_fits => (K::TernGemv4S2U1, 2),
-            65.. if split_fits => (K::TernGemv4S2, 2),
-            _ => (K::TernGemv4, 4),
+        let split = GemvSplit::choose(dev, n, kw as usize);
+        let k = match split {
+            GemvSplit::None => K::TernGemv4,
+            GemvSplit::TwoU1 => K::TernGemv4S2U1,
+            GemvSplit::TwoU2 => K::TernGemv4S2,
         };
-        let blocks = n.div_ceil(4).div_ceil(groups_per_block) as u32;
+        let blocks = split.blocks(n);
         let args = [
             Arg::P(wp),
             Arg::P(xq),
