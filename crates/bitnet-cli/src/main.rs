@@ -39,6 +39,10 @@ pub struct ModelArgs {
     /// In-memory layout of the ternary weights: i2s (2 bits/weight) or t1 (1.6 bits/weight).
     #[arg(long = "layout", value_parser = ["i2s", "t1"])]
     pub layout: Option<String>,
+    /// Quantize a float (F32/F16/BF16) LM head at load: q6_k (as bitnet.cpp's converter
+    /// writes it, 0.82 bytes per weight) or q8_0 (1.06). Default: as stored in the file.
+    #[arg(long = "lm-head-type", value_parser = ["q6_k", "q8_0"])]
+    pub lm_head_type: Option<String>,
     /// Where to run: cpu, cuda, cuda:N, or auto (CUDA when this build has it and a GPU is
     /// usable, else the CPU).
     #[arg(long = "device", default_value = "auto")]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bitnet_core::nn::bitlinear::BitLinear;
 use bitnet_core::nn::rope::RopeStyle;
-use bitnet_core::quant::dense::DenseMatrix;
+use bitnet_core::quant::dense::{DenseKind, DenseMatrix};
 use bitnet_core::quant::ternary::{TernaryLayout, TernaryMatrix};
 use bitnet_core::quant::{absmean, hf_packed};
 use bitnet_core::SharedBytes;
@@ -282,12 +282,16 @@ impl StTensor {
 pub struct LoadOptions {
     /// In-memory layout of the ternary weights.
     pub layout: TernaryLayout,
+    /// Quantize a float (F32/F16/BF16) LM head to this kind at load (`None`: keep the
+    /// file's). Applied by [`crate::load::load`]; a head already quantized is kept.
+    pub head: Option<DenseKind>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             layout: TernaryLayout::I2S,
+            head: None,
         }
     }
 }

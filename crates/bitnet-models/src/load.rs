@@ -6,7 +6,7 @@ use std::path::Path;
 
 use bitnet_core::nn::bitlinear::BitLinear;
 use bitnet_core::nn::rope::RopeStyle;
-use bitnet_core::quant::dense::DenseMatrix;
+use bitnet_core::quant::dense::{DenseKind, DenseMatrix};
 use bitnet_core::quant::ternary::{TernaryLayout, TernaryMatrix};
 use bitnet_core::quant::{absmean, i2s, tq1_0, tq2_0};
 use half::{bf16, f16};
@@ -29,8 +29,44 @@ pub struct Loaded {
     pub notes: Vec<String>,
 }
 
-/// Load a GGUF file or a Hugging Face directory.
+/// Load a GGUF file or a Hugging Face directory, then apply `opts.head`.
 pub fn load(path: &Path, opts: LoadOptions) -> Result<Loaded> {
+    let mut loaded = load_as_stored(path, opts)?;
+    if let Some(kind) = opts.head {
+        let note = quantize_head(&mut loaded.model, kind, path)?;
+        loaded.notes.push(note);
+    }
+    Ok(loaded)
+}
+
+/// Quantize a float LM head to `kind` (a tied head gets its own copy; the embeddings stay
+/// as stored). Returns what was done, for the user.
+pub fn quantize_head(model: &mut Model, kind: DenseKind, path: &Path) -> Result<String> {
+    let head = model.head();
+    let from = head.kind();
+    if !matches!(from, DenseKind::F32 | DenseKind::F16 | DenseKind::BF16) {
+        return Ok(format!(
+            "the LM head is already {from:?}; kept as stored (the head type applies to float heads)"
+        ));
+    }
+    let t0 = std::time::Instant::now();
+    let q = head.requantize(kind).map_err(|e| {
+        Error::bad_model(
+            path,
+            format!("cannot quantize the LM head to {kind:?}: {e}"),
+        )
+    })?;
+    let note = format!(
+        "LM head quantized at load: {from:?} {:.0} MiB → {kind:?} {:.0} MiB in {:.1} s",
+        head.nbytes() as f64 / (1 << 20) as f64,
+        q.nbytes() as f64 / (1 << 20) as f64,
+        t0.elapsed().as_secs_f64()
+    );
+    model.lm_head = Some(q);
+    Ok(note)
+}
+
+fn load_as_stored(path: &Path, opts: LoadOptions) -> Result<Loaded> {
     if path.is_dir() {
         let model = crate::hf::load(path, opts)?;
         let mut notes = Vec::new();

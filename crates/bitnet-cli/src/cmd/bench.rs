@@ -11,7 +11,7 @@ use bitnet_models::generate::Runner;
 use bitnet_models::kv_cache::KvDType;
 use bitnet_models::{load, synthetic};
 
-use super::{make_runner, parse_layout, CliResult};
+use super::{float_head_hint, load_options, make_runner, CliResult};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -41,6 +41,9 @@ pub struct BenchArgs {
     /// In-memory layout of the ternary weights: i2s or t1.
     #[arg(long = "layout", value_parser = ["i2s", "t1"])]
     pub layout: Option<String>,
+    /// Quantize a float LM head at load: q6_k or q8_0 (default: as stored).
+    #[arg(long = "lm-head-type", value_parser = ["q6_k", "q8_0"])]
+    pub lm_head_type: Option<String>,
     /// KV cache element type.
     #[arg(long = "kv-type", default_value = "f16", value_parser = ["f16", "f32"])]
     pub kv_type: String,
@@ -127,24 +130,34 @@ pub fn run(a: BenchArgs) -> CliResult {
         return Err("--repetitions must be at least 1".into());
     }
     let kv: KvDType = a.kv_type.parse()?;
-    let layout = parse_layout(a.layout.as_deref())?;
+    let opts = load_options(a.layout.as_deref(), a.lm_head_type.as_deref())?;
     let t0 = Instant::now();
     let (model, name) = match (&a.model, &a.synthetic) {
         (Some(p), _) => {
-            let mut opts = load::LoadOptions::default();
-            if let Some(l) = layout {
-                opts.layout = l;
-            }
             let l = load::load(p, opts)?;
+            for n in &l.notes {
+                eprintln!("note: {n}");
+            }
+            if let Some(h) = float_head_hint(&l.model) {
+                eprintln!("note: {h}");
+            }
             (l.model, p.display().to_string())
         }
         (None, Some(s)) => {
+            if opts.head.is_some() {
+                return Err(
+                    "--lm-head-type applies to -m models (the synthetic head is Q6_K)".into(),
+                );
+            }
             let cfg = synthetic::config_by_name(s)?;
-            let layout = layout.unwrap_or(load::LoadOptions::default().layout);
             eprintln!(
-                "building synthetic {s} model ({layout:?} ternary weights, Q6_K embeddings) ..."
+                "building synthetic {s} model ({:?} ternary weights, Q6_K embeddings) ...",
+                opts.layout
             );
-            (synthetic::build(cfg, layout, 42)?, format!("synthetic {s}"))
+            (
+                synthetic::build(cfg, opts.layout, 42)?,
+                format!("synthetic {s}"),
+            )
         }
         (None, None) => return Err("give -m MODEL or --synthetic NAME".into()),
     };

@@ -5,16 +5,25 @@ use std::time::Instant;
 
 use clap::Args;
 
+use bitnet_core::quant::ternary::TernaryLayout;
+use bitnet_models::bitnet::Model;
 use bitnet_models::convert::{to_gguf, vocab_from_tokenizer_json, DenseType, TernaryType};
 use bitnet_models::gguf::GgufFile;
 use bitnet_models::load::{self, LoadOptions};
+use bitnet_models::synthetic;
+use bitnet_models::tokenizer::GgufVocab;
 
 use super::CliResult;
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
     /// Input: a Hugging Face directory or a GGUF file.
-    pub input: std::path::PathBuf,
+    #[arg(required_unless_present = "synthetic", conflicts_with = "synthetic")]
+    pub input: Option<std::path::PathBuf>,
+    /// Write a random model with real shapes instead (known: 2b4t; as `bench --synthetic`,
+    /// no tokenizer): a file of the released model's size and layout, with no download.
+    #[arg(long = "synthetic")]
+    pub synthetic: Option<String>,
     /// Output GGUF file.
     #[arg(short = 'o', long = "output")]
     pub output: std::path::PathBuf,
@@ -24,29 +33,37 @@ pub struct ConvertArgs {
     /// Storage type of the embeddings (and an untied LM head).
     #[arg(long = "embed-type", default_value = "q6_k", value_parser = ["f32", "f16", "q8_0", "q6_k"])]
     pub embed_type: String,
-    /// Model name written to general.name (default: the input's file name).
+    /// Model name written to general.name (default: the input's file name, or "synthetic NAME").
     #[arg(long = "name")]
     pub name: Option<String>,
 }
 
 pub fn run(a: ConvertArgs) -> CliResult {
-    let tern: TernaryType = a.ty.parse()?;
-    let dense: DenseType = a.embed_type.parse()?;
-    if a.output.exists() && a.output.canonicalize().ok() == a.input.canonicalize().ok() {
+    let t0 = Instant::now();
+    let input = match (&a.input, &a.synthetic) {
+        (Some(p), _) => p,
+        (None, Some(s)) => {
+            let cfg = synthetic::config_by_name(s)?;
+            eprintln!("building synthetic {s} model ...");
+            let model = synthetic::build(cfg, TernaryLayout::I2S, 42)?;
+            return write(&a, &model, None, &format!("synthetic {s}"), t0);
+        }
+        (None, None) => return Err("give an INPUT or --synthetic NAME".into()),
+    };
+    if a.output.exists() && a.output.canonicalize().ok() == input.canonicalize().ok() {
         return Err(format!("{}: refusing to overwrite the input", a.output.display()).into());
     }
-    let t0 = Instant::now();
-    eprintln!("reading {} ...", a.input.display());
-    let loaded = load::load(&a.input, LoadOptions::default())?;
-    let mut vocab = if a.input.is_dir() {
-        let tj = a.input.join("tokenizer.json");
+    eprintln!("reading {} ...", input.display());
+    let loaded = load::load(input, LoadOptions::default())?;
+    let mut vocab = if input.is_dir() {
+        let tj = input.join("tokenizer.json");
         if tj.exists() {
             Some(vocab_from_tokenizer_json(&tj)?.0)
         } else {
             None
         }
     } else {
-        Some(load::gguf_vocab(&GgufFile::open(&a.input)?)?)
+        Some(load::gguf_vocab(&GgufFile::open(input)?)?)
     };
     if let (Some(v), Some(t)) = (vocab.as_mut(), loaded.tokenizer.as_ref()) {
         v.bos = v.bos.or(t.bos_id());
@@ -60,19 +77,31 @@ pub fn run(a: ConvertArgs) -> CliResult {
     if vocab.is_none() {
         eprintln!("note: no tokenizer found; the output will have no tokenizer metadata");
     }
-    let name = a.name.clone().unwrap_or_else(|| {
-        a.input
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "bitnet".into())
-    });
+    let name = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bitnet".into());
+    write(&a, &loaded.model, vocab.as_ref(), &name, t0)
+}
+
+/// Write `model` as `a.output` (`default_name` unless `--name`).
+fn write(
+    a: &ConvertArgs,
+    model: &Model,
+    vocab: Option<&GgufVocab>,
+    default_name: &str,
+    t0: Instant,
+) -> CliResult {
+    let tern: TernaryType = a.ty.parse()?;
+    let dense: DenseType = a.embed_type.parse()?;
+    let name = a.name.clone().unwrap_or_else(|| default_name.into());
     eprintln!(
         "writing {} ({} ternary, {} embeddings) ...",
         a.output.display(),
         a.ty,
         a.embed_type
     );
-    let w = to_gguf(&loaded.model, &name, vocab.as_ref(), tern, dense)?;
+    let w = to_gguf(model, &name, vocab, tern, dense)?;
     // Write to a temporary name first so a failure never leaves a truncated output file.
     let tmp = a.output.with_extension("gguf.partial");
     w.write_file(&tmp)?;

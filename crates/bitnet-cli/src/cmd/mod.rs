@@ -12,6 +12,7 @@ pub mod tokenize;
 
 use std::time::Instant;
 
+use bitnet_core::quant::dense::DenseKind;
 use bitnet_core::quant::ternary::TernaryLayout;
 use bitnet_models::bitnet::Model;
 use bitnet_models::generate::{Runner, Session};
@@ -37,7 +38,7 @@ pub fn init_threads(threads: Option<usize>) -> CliResult {
     Ok(())
 }
 
-pub fn parse_layout(s: Option<&str>) -> CliResult<Option<TernaryLayout>> {
+fn parse_layout(s: Option<&str>) -> CliResult<Option<TernaryLayout>> {
     Ok(match s {
         None => None,
         Some("i2s") => Some(TernaryLayout::I2S),
@@ -46,13 +47,44 @@ pub fn parse_layout(s: Option<&str>) -> CliResult<Option<TernaryLayout>> {
     })
 }
 
+fn parse_head_type(s: Option<&str>) -> CliResult<Option<DenseKind>> {
+    Ok(match s {
+        None => None,
+        Some("q6_k") => Some(DenseKind::Q6K),
+        Some("q8_0") => Some(DenseKind::Q8_0),
+        Some(o) => {
+            return Err(format!("unknown LM head type `{o}` (expected q6_k or q8_0)").into())
+        }
+    })
+}
+
+/// Load options from the command line's `--layout` and `--lm-head-type`.
+pub fn load_options(layout: Option<&str>, head: Option<&str>) -> CliResult<LoadOptions> {
+    let mut opts = LoadOptions::default();
+    if let Some(l) = parse_layout(layout)? {
+        opts.layout = l;
+    }
+    opts.head = parse_head_type(head)?;
+    Ok(opts)
+}
+
+/// A hint for a float LM head that was kept: it is most of what a token reads.
+pub fn float_head_hint(model: &Model) -> Option<String> {
+    let h = model.head();
+    matches!(h.kind(), DenseKind::F32 | DenseKind::F16 | DenseKind::BF16).then(|| {
+        format!(
+            "the LM head is {:?} ({:.0} MiB read per generated token); --lm-head-type q6_k quantizes it at load to {:.0} MiB",
+            h.kind(),
+            h.nbytes() as f64 / (1 << 20) as f64,
+            (h.rows() * h.cols()) as f64 * 210.0 / 256.0 / (1 << 20) as f64
+        )
+    })
+}
+
 /// Load the model named by `-m`, reporting the time it took on stderr.
 pub fn load_model(args: &ModelArgs) -> CliResult<Loaded> {
     init_threads(args.threads)?;
-    let mut opts = LoadOptions::default();
-    if let Some(l) = parse_layout(args.layout.as_deref())? {
-        opts.layout = l;
-    }
+    let opts = load_options(args.layout.as_deref(), args.lm_head_type.as_deref())?;
     let t0 = Instant::now();
     eprintln!("loading {} ...", args.model.display());
     let loaded = load::load(&args.model, opts)?;
@@ -69,6 +101,9 @@ pub fn load_model(args: &ModelArgs) -> CliResult<Loaded> {
     );
     for n in &loaded.notes {
         eprintln!("note: {n}");
+    }
+    if let Some(h) = float_head_hint(&loaded.model) {
+        eprintln!("note: {h}");
     }
     Ok(loaded)
 }

@@ -402,6 +402,45 @@ impl DenseMatrix {
         Ok(true)
     }
 
+    /// The same matrix stored as `kind`: every row dequantized to f32 and quantized again
+    /// (rows in parallel; for Q8_0 and Q6_K the result equals [`DenseMatrix::from_f32`] of
+    /// [`DenseMatrix::to_f32`] without holding the f32 matrix). For turning a float LM head
+    /// into a compact one at load.
+    pub fn requantize(&self, kind: DenseKind) -> Result<DenseMatrix> {
+        let (rows, cols) = (self.rows(), self.cols());
+        type QuantizeRow = fn(&[f32], &mut [u8]) -> Result<()>;
+        let (row_bytes, quantize): (usize, QuantizeRow) = match kind {
+            DenseKind::Q8_0 => {
+                q8_0::check_shape(rows, cols)?;
+                (q8_0::row_bytes(cols), q8_0::quantize_row)
+            }
+            DenseKind::Q6K => {
+                q6_k::check_shape(rows, cols)?;
+                (q6_k::row_bytes(cols), q6_k::quantize_row)
+            }
+            _ => return Self::from_f32(&self.to_f32()?, rows, cols, kind),
+        };
+        const ROWS: usize = 64;
+        let mut out = vec![0u8; rows * row_bytes];
+        if row_bytes > 0 {
+            out.par_chunks_mut(ROWS * row_bytes)
+                .enumerate()
+                .try_for_each(|(t, chunk)| -> Result<()> {
+                    let mut x = vec![0f32; cols];
+                    for (i, ob) in chunk.chunks_exact_mut(row_bytes).enumerate() {
+                        self.row_f32(t * ROWS + i, &mut x)?;
+                        quantize(&x, ob)?;
+                    }
+                    Ok(())
+                })?;
+        }
+        let data = SharedBytes::from_vec(out);
+        match kind {
+            DenseKind::Q8_0 => Self::from_q8_0_bytes(data, rows, cols),
+            _ => Self::from_q6k_bytes(data, rows, cols),
+        }
+    }
+
     /// The whole matrix as f32 (row-major).
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let mut out = vec![0f32; self.rows() * self.cols()];
@@ -789,6 +828,31 @@ mod tests {
         w.chunks(m.cols())
             .map(|r| r.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum())
             .collect()
+    }
+
+    #[test]
+    fn requantize_equals_quantizing_the_dequantized_matrix() {
+        // 131 rows: two full chunks of 64 rows and a partial one.
+        let (rows, cols) = (131, 512);
+        let w = data(rows * cols, 9, 0.05);
+        let f16m = DenseMatrix::from_f32(&w, rows, cols, DenseKind::F16).unwrap();
+        let wide = f16m.to_f32().unwrap();
+        for kind in [
+            DenseKind::Q8_0,
+            DenseKind::Q6K,
+            DenseKind::I8Row,
+            DenseKind::BF16,
+        ] {
+            let got = f16m.requantize(kind).unwrap();
+            let want = DenseMatrix::from_f32(&wide, rows, cols, kind).unwrap();
+            assert_eq!(got.kind(), kind);
+            assert_eq!((got.rows(), got.cols()), (rows, cols));
+            assert_eq!(got.to_f32().unwrap(), want.to_f32().unwrap(), "{kind:?}");
+        }
+        // Q6_K needs rows of a multiple of 256 values.
+        let narrow = DenseMatrix::from_f32(&w[..3 * 96], 3, 96, DenseKind::F16).unwrap();
+        let e = narrow.requantize(DenseKind::Q6K).unwrap_err().to_string();
+        assert!(e.contains("256"), "{e}");
     }
 
     #[test]

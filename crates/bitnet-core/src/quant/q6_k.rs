@@ -64,9 +64,12 @@ pub fn tensor_bytes(rows: usize, cols: usize) -> Result<usize> {
     Ok(BLOCKS.size_of(check_shape(rows, cols)?))
 }
 
+/// Round half to even, as llama.cpp's `nearest_int`: adding 1.5·2^23 leaves the rounded
+/// integer in the low mantissa bits (exact for |v| < 2^22, which the quantizers' values
+/// are: at most 2·nmax). `round_ties_even` would be a libm call without SSE4.1.
 #[inline]
 fn nearest_int(v: f32) -> i32 {
-    v.round_ties_even() as i32
+    ((v + 12582912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 /// llama.cpp's `make_qx_quants` for `qw = NULL`: returns the scale and writes
@@ -568,6 +571,28 @@ mod tests {
                 ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.1
             })
             .collect()
+    }
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        let mut s = 7u32;
+        let random = (0..10_000).map(|_| {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 300.0
+        });
+        let halves = (-400..=400).map(|i| i as f32 * 0.25);
+        let edges = [
+            0.0,
+            -0.0,
+            0.49999997,
+            -0.49999997,
+            0.5000001,
+            4194302.5,
+            -4194302.5,
+        ];
+        for v in random.chain(halves).chain(edges) {
+            assert_eq!(nearest_int(v), v.round_ties_even() as i32, "{v}");
+        }
     }
 
     #[test]
