@@ -154,6 +154,10 @@ fn main() -> R<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     // --model-only: skip the kernel benchmarks (copy bandwidth is still measured).
     let model_only = std::env::args().any(|a| a == "--model-only");
+    // --decode-only: the model's decode at positions 513..641 and at a long context only
+    // (graph + PDL, separate kernels; for sweeps of environment settings).
+    let decode_only = std::env::args().any(|a| a == "--decode-only");
+    let model_only = model_only || decode_only;
     let dev = CudaDevice::new(0)?;
     let s = dev.new_stream()?;
     println!(
@@ -297,7 +301,7 @@ fn main() -> R<()> {
     let v = gm.config().vocab_size as u32;
     let prompt: Vec<u32> = (0..512u32).map(|i| (i * 7919 + 13) % v).collect();
     let mut pre = Vec::new();
-    for _ in 0..(if quick { 2 } else { 4 }) {
+    for _ in 0..(if quick || decode_only { 2 } else { 4 }) {
         gm.reset();
         let t = Instant::now();
         let l = gm.forward(&prompt, Logits::Last)?;
@@ -315,14 +319,18 @@ fn main() -> R<()> {
     let pdl_default = dev.pdl_enabled();
     // (persistent kernel blocks per SM (0 = separate kernels), graph, programmatic
     // dependent launch)
-    let variants: &[(usize, bool, bool)] = &[
-        (1, true, pdl_default),
-        (2, true, pdl_default),
-        (1, false, pdl_default),
-        (0, true, pdl_default),
-        (0, true, false),
-        (0, false, pdl_default),
-    ];
+    let variants: &[(usize, bool, bool)] = if decode_only {
+        &[(0, true, pdl_default)]
+    } else {
+        &[
+            (1, true, pdl_default),
+            (2, true, pdl_default),
+            (1, false, pdl_default),
+            (0, true, pdl_default),
+            (0, true, false),
+            (0, false, pdl_default),
+        ]
+    };
     for &(bps, graph, pdl) in variants {
         dev.set_pdl(pdl);
         if bps > 0 {
@@ -370,11 +378,43 @@ fn main() -> R<()> {
         1e3 / ms
     ));
     for bps in [0, 1] {
+        if decode_only {
+            break;
+        }
         if bps == 0 {
             gm.set_persistent_decode(false);
         } else {
             gm.set_decode_blocks_per_sm(bps);
         }
+        profile(&mut gm)?;
+    }
+    // Decode at a long context: the attention reads 2·ctx·kv_dim f16 values per layer.
+    gm.set_persistent_decode(false);
+    let long = 3456usize.min(gm.config().max_ctx.saturating_sub(n_dec + 2));
+    let lp: Vec<u32> = (0..long as u32).map(|i| (i * 7919 + 13) % v).collect();
+    gm.reset();
+    for c in lp.chunks(512) {
+        gm.forward(c, Logits::Last)?;
+    }
+    let mut tok = gm.greedy_next(1)?;
+    let t = Instant::now();
+    for _ in 0..n_dec {
+        tok = gm.greedy_next(tok)?;
+    }
+    let ms_long = t.elapsed().as_secs_f64() * 1e3 / n_dec as f64;
+    println!(
+        "decode {n_dec} tokens at positions {}..{}: {ms_long:.3} ms/token → {:.0} tok/s (CUDA graph, PDL)",
+        long + 1,
+        long + 1 + n_dec,
+        1e3 / ms_long
+    );
+    table.push(format!(
+        "| decode at positions {}..{} (graph + PDL) | {:.0} tok/s ({ms_long:.3} ms/token) | |",
+        long + 1,
+        long + 1 + n_dec,
+        1e3 / ms_long
+    ));
+    if !decode_only {
         profile(&mut gm)?;
     }
     let bytes_tok = gm.weight_bytes() as f64;
