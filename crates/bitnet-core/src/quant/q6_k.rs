@@ -72,8 +72,102 @@ fn nearest_int(v: f32) -> i32 {
     ((v + 12582912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
+/// [`make_qx_quants`]`(32, group, L, 1)` of the 16 groups of 16 weights of a super-block at
+/// once, one vector lane per group: every lane runs the scalar version's float operations
+/// in its order, so the scales and quants are the same bits (tested); only the lanes run
+/// side by side. Writes the groups' scales and `L` (0..64).
+#[inline(always)]
+fn group_scales_body(xb: &[f32], l_out: &mut [i8; QK_K], scales: &mut [f32; QK_K / 16]) {
+    const G: usize = QK_K / 16;
+    const NMAX: i32 = 32;
+    let mut xt = [[0f32; G]; 16];
+    for g in 0..G {
+        for i in 0..16 {
+            xt[i][g] = xb[16 * g + i];
+        }
+    }
+    let (mut amax, mut max) = ([0f32; G], [0f32; G]);
+    for row in &xt {
+        for g in 0..G {
+            let ax = row[g].abs();
+            if ax > amax[g] {
+                amax[g] = ax;
+                max[g] = row[g];
+            }
+        }
+    }
+    // Σ w·x·l and Σ w·l² (w = x²) of the quants at `iscale`, per lane.
+    let sums = |iscale: &[f32; G]| -> ([f32; G], [f32; G]) {
+        let (mut sumlx, mut suml2) = ([0f32; G], [0f32; G]);
+        for row in &xt {
+            for g in 0..G {
+                let x = row[g];
+                let lf = nearest_int(iscale[g] * x).clamp(-NMAX, NMAX - 1) as f32;
+                let w = x * x;
+                sumlx[g] += w * x * lf;
+                suml2[g] += w * lf * lf;
+            }
+        }
+        (sumlx, suml2)
+    };
+    let mut best_iscale = [0f32; G];
+    for g in 0..G {
+        best_iscale[g] = -(NMAX as f32) / max[g];
+    }
+    let (sumlx, suml2) = sums(&best_iscale);
+    let (mut scale, mut best) = ([0f32; G], [0f32; G]);
+    for g in 0..G {
+        scale[g] = if suml2[g] != 0.0 {
+            sumlx[g] / suml2[g]
+        } else {
+            0.0
+        };
+        best[g] = scale[g] * sumlx[g];
+    }
+    for is in (-9..=9).filter(|&is| is != 0) {
+        let mut iscale = [0f32; G];
+        for g in 0..G {
+            iscale[g] = -(NMAX as f32 + 0.1f32 * is as f32) / max[g];
+        }
+        let (sumlx, suml2) = sums(&iscale);
+        for g in 0..G {
+            if suml2[g] > 0.0 && sumlx[g] * sumlx[g] > best[g] * suml2[g] {
+                scale[g] = sumlx[g] / suml2[g];
+                best[g] = scale[g] * sumlx[g];
+                best_iscale[g] = iscale[g];
+            }
+        }
+    }
+    for g in 0..G {
+        let tiny = amax[g] < GROUP_MAX_EPS;
+        scales[g] = if tiny { 0.0 } else { scale[g] };
+        for i in 0..16 {
+            let q = nearest_int(best_iscale[g] * xt[i][g]).clamp(-NMAX, NMAX - 1);
+            l_out[16 * g + i] = if tiny { 0 } else { (NMAX + q) as i8 };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn group_scales_avx2(xb: &[f32], l_out: &mut [i8; QK_K], scales: &mut [f32; QK_K / 16]) {
+    group_scales_body(xb, l_out, scales)
+}
+
+/// The 16 group scales and quants of one super-block (`xb`: 256 values), AVX2 lanes where
+/// the CPU has them.
+fn group_scales(xb: &[f32], l_out: &mut [i8; QK_K], scales: &mut [f32; QK_K / 16]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected.
+        return unsafe { group_scales_avx2(xb, l_out, scales) };
+    }
+    group_scales_body(xb, l_out, scales)
+}
+
 /// llama.cpp's `make_qx_quants` for `qw = NULL`: returns the scale and writes
-/// `L[i] = q + nmax` (0..2·nmax).
+/// `L[i] = q + nmax` (0..2·nmax). The reference [`group_scales`] is tested against.
+#[cfg(test)]
 fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], rmse_type: i32) -> f32 {
     let n = x.len();
     let mut max = 0f32;
@@ -156,14 +250,8 @@ pub fn quantize_row(x: &[f32], out: &mut [u8]) -> Result<()> {
     for (xb, ob) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
         let mut max_scale = 0f32;
         let mut max_abs_scale = 0f32;
-        for ib in 0..QK_K / 16 {
-            let s = make_qx_quants(
-                32,
-                &xb[16 * ib..16 * ib + 16],
-                &mut l[16 * ib..16 * ib + 16],
-                1,
-            );
-            scales[ib] = s;
+        group_scales(xb, &mut l, &mut scales);
+        for &s in &scales {
             if s.abs() > max_abs_scale {
                 max_abs_scale = s.abs();
                 max_scale = s;
@@ -571,6 +659,36 @@ mod tests {
                 ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.1
             })
             .collect()
+    }
+
+    #[test]
+    fn group_scales_equal_the_scalar_reference() {
+        let mut seed = 11u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for round in 0..200 {
+            let amp = [1e-3f32, 0.05, 1.0, 300.0][round % 4];
+            let mut xb: Vec<f32> = (0..QK_K).map(|_| next() * amp).collect();
+            // Special groups: all zero, below GROUP_MAX_EPS, a tie of +m and −m for the
+            // largest magnitude, a constant group, one large outlier.
+            let g = |k: usize| 16 * ((round + k) % 16);
+            xb[g(0)..g(0) + 16].fill(0.0);
+            xb[g(3)..g(3) + 16].iter_mut().for_each(|v| *v *= 1e-17);
+            xb[g(5)] = 0.7 * amp;
+            xb[g(5) + 9] = -0.7 * amp;
+            xb[g(8)..g(8) + 16].fill(0.25 * amp);
+            xb[g(11) + 4] = 40.0 * amp;
+            let (mut l, mut sc) = ([0i8; QK_K], [0f32; 16]);
+            group_scales(&xb, &mut l, &mut sc);
+            let mut l_ref = [0i8; QK_K];
+            for gi in 0..16 {
+                let s = make_qx_quants(32, &xb[16 * gi..16 * gi + 16], &mut l_ref[16 * gi..], 1);
+                assert_eq!(sc[gi].to_bits(), s.to_bits(), "round {round} group {gi}");
+            }
+            assert_eq!(l, l_ref, "round {round}");
+        }
     }
 
     #[test]
