@@ -628,3 +628,53 @@ fn errors_not_panics_on_bad_shapes() {
     let mut out = dev.alloc::<f32>(128).unwrap();
     assert!(matmul(&dev, &s, &dw, &da, 2, &mut out, Epilogue::Store, false).is_err());
 }
+
+#[test]
+fn topk_matches_a_sort_on_the_cpu() {
+    let Some((dev, s)) = device() else { return };
+    let mut rng = StdRng::seed_from_u64(0x70B);
+    for &(n, quantized) in &[(128_256usize, false), (1000, true), (37, false)] {
+        // Logits with ties (values on a coarse grid when `quantized`), a NaN and ±inf.
+        let mut x: Vec<f32> = (0..n)
+            .map(|_| {
+                let v = rng.random_range(-8.0f32..8.0);
+                if quantized {
+                    (v * 4.0).round() / 4.0
+                } else {
+                    v
+                }
+            })
+            .collect();
+        x[n / 2] = f32::NAN;
+        x[n / 3] = f32::INFINITY;
+        x[n / 5] = f32::NEG_INFINITY;
+        let dx = dev.upload(&s, &x).unwrap();
+        let mut vals = dev.alloc::<f32>(head::TOPK_MAX).unwrap();
+        let mut idx = dev.alloc::<u32>(head::TOPK_MAX).unwrap();
+        // The CPU order: larger first (NaN lowest), then lower index.
+        let key = |i: usize| {
+            if x[i].is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                x[i]
+            }
+        };
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+        for k in [1usize, 40, 104, 1024] {
+            head::topk(&dev, &s, &dx, n, k, &mut vals, &mut idx).unwrap();
+            let kk = k.min(n);
+            let (gv, gi) = (vals.read(&s, kk).unwrap(), idx.read(&s, kk).unwrap());
+            let mut got: Vec<usize> = gi.iter().map(|&i| i as usize).collect();
+            got.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+            let mut want = order[..kk].to_vec();
+            // A NaN (lowest) may only be taken when k reaches it; -inf ties with it there.
+            want.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+            assert_eq!(got, want, "top-{k} of {n}");
+            for (v, &i) in gv.iter().zip(&gi) {
+                assert_eq!(v.to_bits(), x[i as usize].to_bits(), "value of {i}");
+            }
+        }
+        eprintln!("top-k of {n} values (ties: {quantized}): exact for k = 1, 40, 104, 1024");
+    }
+}

@@ -94,6 +94,9 @@ pub struct CudaModel {
     xn: HeadInput,
     logits1: DevBuf<f32>,
     best: DevBuf<u64>,
+    /// The top-k candidates of a sampling step (values, ids).
+    top_vals: DevBuf<f32>,
+    top_ids: DevBuf<u32>,
     ctl_host: Vec<i32>,
     pos: usize,
     max_batch: usize,
@@ -217,6 +220,8 @@ impl CudaModel {
             xn: HeadInput::alloc(&dev, &head, mb.min(8), h)?,
             logits1: dev.alloc(c.vocab_size)?,
             best: dev.alloc(1)?,
+            top_vals: dev.alloc(head::TOPK_MAX)?,
+            top_ids: dev.alloc(head::TOPK_MAX)?,
             ctl_host: vec![0; 2 + mb],
             dev,
             stream,
@@ -623,6 +628,46 @@ impl CudaModel {
     /// One greedy decode step: run `token` at the next position and return the arg-max of
     /// its logits, computed on the GPU (only the token id comes back).
     pub fn greedy_next(&mut self, token: u32) -> Result<u32> {
+        self.decode_step(token)?;
+        let key = self.best.read(&self.stream, 1)?[0];
+        self.pos += 1;
+        head::argmax_index(key)
+            .ok_or_else(|| Error::InvalidArgument("greedy_next: every logit was NaN".into()))
+    }
+
+    /// One sampling decode step: run `token` at the next position (the same captured graph
+    /// as [`CudaModel::greedy_next`]) and return the `k` largest logits as (logit, id), in
+    /// no particular order, selected on the GPU (ties to lower ids; at most
+    /// [`head::TOPK_MAX`]): a top-k sampler needs only those, not the logits.
+    pub fn top_next(&mut self, token: u32, k: usize) -> Result<Vec<(f32, u32)>> {
+        if k == 0 || k > head::TOPK_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "top_next: k = {k} (1..={} on the GPU)",
+                head::TOPK_MAX
+            )));
+        }
+        self.decode_step(token)?;
+        let (dev, s, v) = (&*self.dev, &self.stream, self.config.vocab_size);
+        head::topk(
+            dev,
+            s,
+            &self.logits1,
+            v,
+            k,
+            &mut self.top_vals,
+            &mut self.top_ids,
+        )?;
+        let k = k.min(v);
+        let vals = self.top_vals.read(s, k)?;
+        let ids = self.top_ids.read(s, k)?;
+        self.pos += 1;
+        Ok(vals.into_iter().zip(ids).collect())
+    }
+
+    /// Queue the decode step of `token` at the next position (the captured graph where
+    /// possible): logits in `logits1`, their arg-max in `best`. The position is not
+    /// advanced.
+    fn decode_step(&mut self, token: u32) -> Result<()> {
         self.check_tokens(&[token])?;
         self.upload_ctl(&[token])?;
         if self.use_graph && self.graph.is_none() && self.graph_note.is_none() {
@@ -640,10 +685,7 @@ impl CudaModel {
             Some(g) => g.launch()?,
             None => self.enqueue_decode()?,
         }
-        let key = self.best.read(&self.stream, 1)?[0];
-        self.pos += 1;
-        head::argmax_index(key)
-            .ok_or_else(|| Error::InvalidArgument("greedy_next: every logit was NaN".into()))
+        Ok(())
     }
 
     /// The logits of the last [`CudaModel::greedy_next`] step (for checks; not needed to

@@ -180,6 +180,40 @@ impl Sampler {
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         assert!(!logits.is_empty(), "sample: empty logits");
         self.prepare(logits, history);
+        self.draw()
+    }
+
+    /// Whether [`sample_top`](Self::sample_top) with this many candidates gives what
+    /// [`sample`](Self::sample) gives: a top-k cut of at most `k` and no repetition penalty
+    /// (which could lift a token from outside the candidates).
+    pub fn top_k_suffices(&self, k: usize) -> Option<usize> {
+        let c = &self.cfg;
+        (c.temperature > 0.0 && c.repeat_penalty == 1.0 && c.top_k > 0 && c.top_k <= k)
+            .then_some(c.top_k)
+    }
+
+    /// [`sample`](Self::sample) from the `top_k` largest logits only, as (logit, id) in any
+    /// order, where [`top_k_suffices`](Self::top_k_suffices) says so: the same draw as from
+    /// the whole logits (the chain after the top-k cut sees only the survivors), so a GPU
+    /// sends back a few candidates instead of the logits.
+    pub fn sample_top(&mut self, cands: &[(f32, u32)]) -> u32 {
+        self.cand.clear();
+        self.weights.clear();
+        self.cand.extend(cands.iter().filter_map(|&(l, id)| {
+            let l = if l == f32::INFINITY { f32::MAX } else { l };
+            (l > f32::NEG_INFINITY).then_some((l, id))
+        }));
+        if self.cand.is_empty() {
+            // Every logit is -inf or NaN: as the dense path, greedy on the first id.
+            self.cand.push((0.0, 0));
+        } else {
+            self.cut_and_weigh();
+        }
+        self.draw()
+    }
+
+    /// Draws from `cand`/`weights` as left by `prepare`.
+    fn draw(&mut self) -> u32 {
         if self.weights.is_empty() {
             // Greedy, or nothing has a finite logit: the single remaining candidate.
             return self.cand[0].1;
@@ -245,7 +279,11 @@ impl Sampler {
             self.cand.push((0.0, argmax(logits)));
             return;
         }
+        self.cut_and_weigh();
+    }
 
+    /// The chain from the top-k cut on, over the finite candidates in `cand`.
+    fn cut_and_weigh(&mut self) {
         let k = self.cfg.top_k;
         if k > 0 && k < self.cand.len() {
             self.cand.select_nth_unstable_by(k - 1, by_logit_desc);
@@ -347,5 +385,73 @@ mod tests {
             let x = r.next_f64();
             assert!((0.0..1.0).contains(&x));
         }
+    }
+}
+
+#[cfg(test)]
+mod top_tests {
+    use super::*;
+
+    #[test]
+    fn sampling_from_the_top_k_candidates_equals_sampling_from_all_logits() {
+        let mut rng = Pcg32::new(3, 9);
+        let n = 5000;
+        for (temp, top_k, top_p, min_p) in [
+            (0.8, 40, 0.95, 0.05),
+            (1.0, 1, 1.0, 0.0),
+            (1.3, 5, 0.5, 0.0),
+            (0.7, 64, 1.0, 0.2),
+        ] {
+            let cfg = SamplerConfig {
+                temperature: temp,
+                top_k,
+                top_p,
+                min_p,
+                seed: 77,
+                ..SamplerConfig::default()
+            };
+            let (mut dense, mut top) = (
+                Sampler::new(cfg.clone()).unwrap(),
+                Sampler::new(cfg.clone()).unwrap(),
+            );
+            assert_eq!(top.top_k_suffices(100), Some(top_k));
+            for step in 0..300 {
+                // Logits on a coarse grid (many ties), one NaN, one +inf now and then.
+                let mut logits: Vec<f32> = (0..n)
+                    .map(|_| ((rng.next_f64() * 16.0 - 8.0) * 2.0).round() as f32 / 2.0)
+                    .collect();
+                logits[step % n] = f32::NAN;
+                if step % 7 == 0 {
+                    logits[(step * 13) % n] = f32::INFINITY;
+                }
+                // The top-k as a device would return them: NaN lowest, ties to lower ids,
+                // in no particular order.
+                let key = |l: f32| if l.is_nan() { f32::NEG_INFINITY } else { l };
+                let mut order: Vec<u32> = (0..n as u32).collect();
+                order.sort_by(|&a, &b| {
+                    key(logits[b as usize])
+                        .total_cmp(&key(logits[a as usize]))
+                        .then(a.cmp(&b))
+                });
+                let mut cands: Vec<(f32, u32)> = order[..top_k]
+                    .iter()
+                    .map(|&i| (logits[i as usize], i))
+                    .collect();
+                cands.reverse();
+                let a = dense.sample(&mut logits.clone(), &[]);
+                let b = top.sample_top(&cands);
+                assert_eq!(a, b, "step {step}, config {cfg:?}");
+            }
+        }
+        let no = Sampler::new(SamplerConfig {
+            repeat_penalty: 1.1,
+            ..SamplerConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            no.top_k_suffices(1024),
+            None,
+            "a penalty can lift other tokens"
+        );
     }
 }

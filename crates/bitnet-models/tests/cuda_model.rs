@@ -145,10 +145,31 @@ fn tiny_model_logits_and_greedy_match_cpu() {
     eprintln!("forward(1 token) after chunked prefill: rel err {e:.2e}");
     assert!(e <= 2e-2);
 
+    // A sampling step returns the k largest of its own logits (ties to lower ids), selected
+    // on the GPU.
+    for k in [1usize, 40, 1024] {
+        let mut c = gpu.top_next(tok, k).unwrap();
+        let glog = gpu.last_logits().unwrap();
+        let mut want: Vec<(f32, u32)> = glog
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (l, i as u32))
+            .collect();
+        let desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        want.sort_by(desc);
+        want.truncate(k.min(glog.len()));
+        c.sort_by(desc);
+        let bits = |v: &[(f32, u32)]| v.iter().map(|&(l, i)| (l.to_bits(), i)).collect::<Vec<_>>();
+        assert_eq!(bits(&c), bits(&want), "top-{k} candidates");
+        tok = c[0].1;
+    }
+    eprintln!("top-k candidates on the GPU: exact for k = 1, 40, 1024");
+
     // No device allocation in the decode loop.
     let before = gpu.device().pool().driver_allocations();
     for _ in 0..8 {
         tok = gpu.greedy_next(tok).unwrap();
+        tok = gpu.top_next(tok, 40).unwrap()[0].1;
     }
     assert_eq!(
         gpu.device().pool().driver_allocations(),

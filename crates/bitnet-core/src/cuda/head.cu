@@ -402,3 +402,107 @@ argmax_f32(const float* __restrict__ x, int n, u64* best) {
         key = umax64(key, argmax_key(x[i], (u32)i));
     block_argmax_commit(key, best);
 }
+
+// The K largest of x[0..n) (ties: lower indices first; NaN lowest) as (value, index) pairs,
+// in no particular order, into vals/idx: one block of TOPK_T threads. An exact radix select
+// finds the K-th largest order-preserving key in four passes of 8 bits (a shared-memory
+// histogram of the keys that match the digits chosen so far); then each thread takes a
+// contiguous range of indices, and block-wide prefix sums place the keys above it and the
+// first ones equal to it in index order. For sampling: only the candidates cross the bus.
+#define TOPK_T 1024
+__device__ __forceinline__ u32 order_key(float v) {
+    u32 b = __float_as_uint(v);
+    if (v != v) return 0u;
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// Exclusive prefix sum over the block of one value per thread (TOPK_T threads); *total
+// gets the sum. `sh` holds 32 values.
+__device__ __forceinline__ u32 block_excl_scan(u32 v, u32* sh, u32* total) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    __syncthreads();  // `sh` may still be read from the previous scan
+    u32 inc = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        u32 t = __shfl_up_sync(FULL_MASK, inc, o);
+        if (lane >= o) inc += t;
+    }
+    if (lane == 31) sh[w] = inc;
+    __syncthreads();
+    if (w == 0) {
+        u32 s = sh[lane], si = s;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            u32 t = __shfl_up_sync(FULL_MASK, si, o);
+            if (lane >= o) si += t;
+        }
+        sh[lane] = si - s;  // exclusive prefix of the warp totals
+        if (lane == 31) *total = si;
+    }
+    __syncthreads();
+    return sh[w] + inc - v;
+}
+
+extern "C" __global__ void __launch_bounds__(TOPK_T)
+topk_f32(const float* __restrict__ x, int n, int K, float* __restrict__ vals,
+         u32* __restrict__ idx) {
+    __shared__ u32 hist[256];
+    __shared__ u32 sh_prefix, sh_need, sh_total;
+    __shared__ u32 scan_sh[32];
+    PDL_WAIT();
+    PDL_LAUNCH();
+    int tid = threadIdx.x;
+    if (K > n) K = n;
+    if (K <= 0) return;
+    u32 prefix = 0u, mask = 0u, need = (u32)K;
+    for (int d = 24; d >= 0; d -= 8) {
+        for (int i = tid; i < 256; i += TOPK_T) hist[i] = 0u;
+        __syncthreads();
+        for (int i = tid; i < n; i += TOPK_T) {
+            u32 k = order_key(x[i]);
+            if ((k & mask) == prefix) atomicAdd(&hist[(k >> d) & 255u], 1u);
+        }
+        __syncthreads();
+        if (tid == 0) {
+            u32 cum = 0u;
+            int b = 255;
+            for (; b > 0; b--) {
+                if (cum + hist[b] >= need) break;
+                cum += hist[b];
+            }
+            sh_prefix = prefix | ((u32)b << d);
+            sh_need = need - cum;
+        }
+        __syncthreads();
+        prefix = sh_prefix;
+        need = sh_need;
+        mask |= 255u << d;
+    }
+    // prefix: the K-th largest key; K − need keys lie above it; take the first `need` equal.
+    int chunk = (n + TOPK_T - 1) / TOPK_T;
+    int i0 = min(n, tid * chunk), i1 = min(n, i0 + chunk);
+    u32 gt = 0u, eq = 0u;
+    for (int i = i0; i < i1; i++) {
+        u32 k = order_key(x[i]);
+        gt += k > prefix;
+        eq += k == prefix;
+    }
+    u32 og = block_excl_scan(gt, scan_sh, &sh_total);
+    u32 oe = block_excl_scan(eq, scan_sh, &sh_total);
+    u32 above = (u32)K - need;
+    for (int i = i0; i < i1; i++) {
+        float v = x[i];
+        u32 k = order_key(v);
+        if (k > prefix) {
+            vals[og] = v;
+            idx[og] = (u32)i;
+            og++;
+        } else if (k == prefix) {
+            if (oe < need) {
+                vals[above + oe] = v;
+                idx[above + oe] = (u32)i;
+            }
+            oe++;
+        }
+    }
+}

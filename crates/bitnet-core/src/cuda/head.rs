@@ -387,3 +387,54 @@ pub fn argmax(
         &[Arg::P(x.ptr()), Arg::I(n as i32), Arg::P(best.ptr())],
     )
 }
+
+/// Most candidates [`topk`] returns.
+pub const TOPK_MAX: usize = 1024;
+
+/// The `k` largest of the first `n` values of `x` (ties: lower indices first; NaN lowest)
+/// as values and indices, in no particular order, into the first `min(k, n)` slots of
+/// `vals` and `idx`: what a top-k sampler needs, without copying the logits back.
+pub fn topk(
+    dev: &CudaDevice,
+    stream: &Stream,
+    x: &DevBuf<f32>,
+    n: usize,
+    k: usize,
+    vals: &mut DevBuf<f32>,
+    idx: &mut DevBuf<u32>,
+) -> Result<()> {
+    let kk = k.min(n);
+    need(
+        "cuda::topk",
+        x.len() >= n
+            && n <= i32::MAX as usize
+            && k <= TOPK_MAX
+            && vals.len() >= kk
+            && idx.len() >= kk,
+        || {
+            format!(
+                "{k} of {n} values ({} in x) into {} / {} slots",
+                x.len(),
+                vals.len(),
+                idx.len()
+            )
+        },
+    )?;
+    if kk == 0 {
+        return Ok(());
+    }
+    dev.launch(
+        K::TopkF32,
+        stream,
+        (1, 1, 1),
+        (1024, 1, 1),
+        0,
+        &[
+            Arg::P(x.ptr()),
+            Arg::I(n as i32),
+            Arg::I(kk as i32),
+            Arg::P(vals.ptr()),
+            Arg::P(idx.ptr()),
+        ],
+    )
+}
