@@ -633,15 +633,16 @@ fn errors_not_panics_on_bad_shapes() {
 fn topk_matches_a_sort_on_the_cpu() {
     let Some((dev, s)) = device() else { return };
     let mut rng = StdRng::seed_from_u64(0x70B);
-    for &(n, quantized) in &[(128_256usize, false), (1000, true), (37, false)] {
-        // Logits with ties (values on a coarse grid when `quantized`), a NaN and ±inf.
+    // Modes: 0 distinct values, 1 values on a coarse grid (ties), 2 nearly all equal (more
+    // than the kernel's shared-memory candidates in the top bin: its radix-select path).
+    for &(n, mode) in &[(128_256usize, 0), (1000, 1), (37, 0), (20_000, 2)] {
         let mut x: Vec<f32> = (0..n)
-            .map(|_| {
+            .map(|i| {
                 let v = rng.random_range(-8.0f32..8.0);
-                if quantized {
-                    (v * 4.0).round() / 4.0
-                } else {
-                    v
+                match mode {
+                    1 => (v * 4.0).round() / 4.0,
+                    2 if i % 97 != 0 => 0.5,
+                    _ => v,
                 }
             })
             .collect();
@@ -675,6 +676,6 @@ fn topk_matches_a_sort_on_the_cpu() {
                 assert_eq!(v.to_bits(), x[i as usize].to_bits(), "value of {i}");
             }
         }
-        eprintln!("top-k of {n} values (ties: {quantized}): exact for k = 1, 40, 104, 1024");
+        eprintln!("top-k of {n} values (mode {mode}): exact for k = 1, 40, 104, 1024");
     }
 }

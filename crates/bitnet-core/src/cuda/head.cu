@@ -404,12 +404,15 @@ argmax_f32(const float* __restrict__ x, int n, u64* best) {
 }
 
 // The K largest of x[0..n) (ties: lower indices first; NaN lowest) as (value, index) pairs,
-// in no particular order, into vals/idx: one block of TOPK_T threads. An exact radix select
-// finds the K-th largest order-preserving key in four passes of 8 bits (a shared-memory
-// histogram of the keys that match the digits chosen so far); then each thread takes a
-// contiguous range of indices, and block-wide prefix sums place the keys above it and the
-// first ones equal to it in index order. For sampling: only the candidates cross the bus.
+// in no particular order, into vals/idx: one block of TOPK_T threads, on order-preserving
+// keys of the values. A histogram of the keys' top 12 bits finds the bin holding the K-th
+// largest; when that bin and the ones above hold at most TOPK_CAP values, they are gathered
+// into shared memory as (key, index) pairs and sorted (bitonic, larger key first, then lower
+// index): two reads of x. Otherwise an exact radix select of the K-th largest key (four
+// passes of 8 bits) and a compaction in index order (block-wide prefix sums over contiguous
+// ranges). For sampling: only the candidates cross the bus.
 #define TOPK_T 1024
+#define TOPK_CAP 4096
 __device__ __forceinline__ u32 order_key(float v) {
     u32 b = __float_as_uint(v);
     if (v != v) return 0u;
@@ -446,16 +449,78 @@ __device__ __forceinline__ u32 block_excl_scan(u32 v, u32* sh, u32* total) {
 extern "C" __global__ void __launch_bounds__(TOPK_T)
 topk_f32(const float* __restrict__ x, int n, int K, float* __restrict__ vals,
          u32* __restrict__ idx) {
-    __shared__ u32 hist[256];
-    __shared__ u32 sh_prefix, sh_need, sh_total;
+    // The histogram (4096 counts) and, once the bin is known, the candidates share memory.
+    __shared__ u64 cand[TOPK_CAP];
+    u32* hist = (u32*)cand;
+    __shared__ u32 sh_prefix, sh_need, sh_total, sh_count;
     __shared__ u32 scan_sh[32];
     PDL_WAIT();
     PDL_LAUNCH();
     int tid = threadIdx.x;
     if (K > n) K = n;
     if (K <= 0) return;
+    // Histogram of the top 12 bits; thread t owns bins 4095−4t−3 .. 4095−4t.
+    for (int i = tid; i < 4096; i += TOPK_T) hist[i] = 0u;
+    if (tid == 0) sh_count = 0u;
+    __syncthreads();
+    for (int i = tid; i < n; i += TOPK_T) atomicAdd(&hist[order_key(x[i]) >> 20], 1u);
+    __syncthreads();
+    {
+        int top = 4095 - 4 * tid;
+        u32 seg = hist[top] + hist[top - 1] + hist[top - 2] + hist[top - 3];
+        u32 above = block_excl_scan(seg, scan_sh, &sh_total);
+        if (above < (u32)K && above + seg >= (u32)K) {
+            for (int b = top; b > top - 4; b--) {
+                if (above + hist[b] >= (u32)K) {
+                    sh_prefix = (u32)b;              // the K-th largest key's bin
+                    sh_need = above + hist[b];       // values in it and above
+                    break;
+                }
+                above += hist[b];
+            }
+        }
+        __syncthreads();
+    }
+    u32 bin = sh_prefix, ncand = sh_need;
+    if (ncand <= TOPK_CAP) {
+        for (int i = tid; i < n; i += TOPK_T) {
+            u32 k = order_key(x[i]);
+            if ((k >> 20) >= bin) {
+                u32 at = atomicAdd(&sh_count, 1u);
+                cand[at] = ((u64)k << 32) | (u64)(0xffffffffu - (u32)i);
+            }
+        }
+        int m = 1;
+        while (m < (int)ncand) m <<= 1;
+        for (int i = (int)ncand + tid; i < m; i += TOPK_T) cand[i] = 0ull;
+        __syncthreads();
+        // Bitonic sort, descending.
+        for (int size = 2; size <= m; size <<= 1) {
+            for (int stride = size >> 1; stride > 0; stride >>= 1) {
+                for (int i = tid; i < m; i += TOPK_T) {
+                    int j = i ^ stride;
+                    if (j > i) {
+                        bool desc = (i & size) == 0;
+                        u64 a = cand[i], b = cand[j];
+                        if (desc ? a < b : a > b) {
+                            cand[i] = b;
+                            cand[j] = a;
+                        }
+                    }
+                }
+                __syncthreads();
+            }
+        }
+        for (int i = tid; i < K; i += TOPK_T) {
+            u32 id = 0xffffffffu - (u32)(cand[i] & 0xffffffffull);
+            vals[i] = x[id];
+            idx[i] = id;
+        }
+        return;
+    }
     u32 prefix = 0u, mask = 0u, need = (u32)K;
     for (int d = 24; d >= 0; d -= 8) {
+        __syncthreads();
         for (int i = tid; i < 256; i += TOPK_T) hist[i] = 0u;
         __syncthreads();
         for (int i = tid; i < n; i += TOPK_T) {
