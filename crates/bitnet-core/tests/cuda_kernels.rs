@@ -650,8 +650,11 @@ fn topk_matches_a_sort_on_the_cpu() {
         x[n / 3] = f32::INFINITY;
         x[n / 5] = f32::NEG_INFINITY;
         let dx = dev.upload(&s, &x).unwrap();
-        let mut vals = dev.alloc::<f32>(head::TOPK_MAX).unwrap();
-        let mut idx = dev.alloc::<u32>(head::TOPK_MAX).unwrap();
+        let mut vals = dev.alloc::<f32>(2 * head::TOPK_MAX).unwrap();
+        let mut idx = dev.alloc::<u32>(2 * head::TOPK_MAX).unwrap();
+        // Extra ids whose values follow the selection (one past the end: NaN).
+        let extra: Vec<u32> = vec![0, (n / 2) as u32, (n - 1) as u32, n as u32, 3];
+        let dextra = dev.upload(&s, &extra).unwrap();
         // The CPU order: larger first (NaN lowest), then lower index.
         let key = |i: usize| {
             if x[i].is_nan() {
@@ -663,8 +666,20 @@ fn topk_matches_a_sort_on_the_cpu() {
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
         for k in [1usize, 40, 104, 1024] {
-            head::topk(&dev, &s, &dx, n, k, &mut vals, &mut idx).unwrap();
+            let ex = (k == 40).then_some((&dextra, extra.len()));
+            head::topk(&dev, &s, &dx, n, k, ex, &mut vals, &mut idx).unwrap();
             let kk = k.min(n);
+            if ex.is_some() {
+                let (ev, ei) = (
+                    vals.read(&s, kk + extra.len()).unwrap(),
+                    idx.read(&s, kk + extra.len()).unwrap(),
+                );
+                assert_eq!(ei[kk..], extra[..], "extra ids");
+                for (v, &i) in ev[kk..].iter().zip(&extra) {
+                    let want = x.get(i as usize).copied().unwrap_or(f32::NAN);
+                    assert!(v.to_bits() == want.to_bits() || (v.is_nan() && want.is_nan()));
+                }
+            }
             let (gv, gi) = (vals.read(&s, kk).unwrap(), idx.read(&s, kk).unwrap());
             let mut got: Vec<usize> = gi.iter().map(|&i| i as usize).collect();
             got.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));

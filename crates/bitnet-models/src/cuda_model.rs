@@ -94,9 +94,10 @@ pub struct CudaModel {
     xn: HeadInput,
     logits1: DevBuf<f32>,
     best: DevBuf<u64>,
-    /// The top-k candidates of a sampling step (values, ids).
+    /// A sampling step's candidates (values, ids), and the ids whose logits come too.
     top_vals: DevBuf<f32>,
     top_ids: DevBuf<u32>,
+    top_extra: DevBuf<u32>,
     ctl_host: Vec<i32>,
     pos: usize,
     max_batch: usize,
@@ -220,8 +221,9 @@ impl CudaModel {
             xn: HeadInput::alloc(&dev, &head, mb.min(8), h)?,
             logits1: dev.alloc(c.vocab_size)?,
             best: dev.alloc(1)?,
-            top_vals: dev.alloc(head::TOPK_MAX)?,
-            top_ids: dev.alloc(head::TOPK_MAX)?,
+            top_vals: dev.alloc(2 * head::TOPK_MAX)?,
+            top_ids: dev.alloc(2 * head::TOPK_MAX)?,
+            top_extra: dev.alloc(head::TOPK_MAX)?,
             ctl_host: vec![0; 2 + mb],
             dev,
             stream,
@@ -638,28 +640,28 @@ impl CudaModel {
     /// One sampling decode step: run `token` at the next position (the same captured graph
     /// as [`CudaModel::greedy_next`]) and return the `k` largest logits as (logit, id), in
     /// no particular order, selected on the GPU (ties to lower ids; at most
-    /// [`head::TOPK_MAX`]): a top-k sampler needs only those, not the logits.
-    pub fn top_next(&mut self, token: u32, k: usize) -> Result<Vec<(f32, u32)>> {
-        if k == 0 || k > head::TOPK_MAX {
+    /// [`head::TOPK_MAX`]), then the logits of the `extra` ids (a repetition penalty's
+    /// recent tokens): a top-k sampler needs only those, not the logits.
+    pub fn top_next(&mut self, token: u32, k: usize, extra: &[u32]) -> Result<Vec<(f32, u32)>> {
+        if k == 0 || k > head::TOPK_MAX || extra.len() > head::TOPK_MAX {
             return Err(Error::InvalidArgument(format!(
-                "top_next: k = {k} (1..={} on the GPU)",
+                "top_next: k = {k} and {} more ids (each at most {} on the GPU)",
+                extra.len(),
                 head::TOPK_MAX
             )));
         }
         self.decode_step(token)?;
         let (dev, s, v) = (&*self.dev, &self.stream, self.config.vocab_size);
-        head::topk(
-            dev,
-            s,
-            &self.logits1,
-            v,
-            k,
-            &mut self.top_vals,
-            &mut self.top_ids,
-        )?;
-        let k = k.min(v);
-        let vals = self.top_vals.read(s, k)?;
-        let ids = self.top_ids.read(s, k)?;
+        let m = extra.len();
+        if m > 0 {
+            self.top_extra.copy_from(s, extra)?;
+        }
+        let ex = (m > 0).then_some((&self.top_extra, m));
+        let (vals, ids) = (&mut self.top_vals, &mut self.top_ids);
+        head::topk(dev, s, &self.logits1, v, k, ex, vals, ids)?;
+        let n = k.min(v) + m;
+        let vals = self.top_vals.read(s, n)?;
+        let ids = self.top_ids.read(s, n)?;
         self.pos += 1;
         Ok(vals.into_iter().zip(ids).collect())
     }

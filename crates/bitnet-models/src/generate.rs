@@ -28,9 +28,10 @@ pub trait Runner {
         0
     }
     /// Feed one token and return the `k` largest next logits as (logit, id), in any order,
-    /// ties to lower ids (`k ≤ top_step_max()`); a GPU runner selects them on the device.
-    fn top_step(&mut self, token: u32, k: usize) -> Result<Vec<(f32, u32)>> {
-        let _ = (token, k);
+    /// ties to lower ids, then the logits of the `extra` ids (`k`, `extra.len()` ≤
+    /// `top_step_max()`); a GPU runner selects them on the device.
+    fn top_step(&mut self, token: u32, k: usize, extra: &[u32]) -> Result<Vec<(f32, u32)>> {
+        let _ = (token, k, extra);
         Err(Error::InvalidArgument(
             "top_step: this runner selects no candidates (top_step_max is 0)".into(),
         ))
@@ -184,8 +185,8 @@ impl Runner for crate::cuda_model::CudaModel {
     fn top_step_max(&self) -> usize {
         bitnet_core::cuda::head::TOPK_MAX
     }
-    fn top_step(&mut self, token: u32, k: usize) -> Result<Vec<(f32, u32)>> {
-        self.top_next(token, k)
+    fn top_step(&mut self, token: u32, k: usize, extra: &[u32]) -> Result<Vec<(f32, u32)>> {
+        self.top_next(token, k, extra)
     }
     fn position(&self) -> usize {
         crate::cuda_model::CudaModel::position(self)
@@ -210,9 +211,8 @@ impl Runner for crate::cuda_model::CudaModel {
 /// Generate up to `n` tokens after `prompt`, calling `on_token` with each id as soon as it
 /// is sampled (return `false` from it to stop). Stops early at an id for which `stop` says
 /// so. Pure greedy sampling (temperature 0, no repetition penalty) decodes with
-/// [`Runner::greedy_step`], and top-k sampling without a repetition penalty with
-/// [`Runner::top_step`] where the runner selects candidates itself, so a GPU runner never
-/// copies logits back.
+/// [`Runner::greedy_step`], and top-k sampling with [`Runner::top_step`] where the runner
+/// selects candidates itself, so a GPU runner never copies logits back.
 pub fn generate(
     r: &mut dyn Runner,
     prompt: &[u32],
@@ -237,7 +237,7 @@ pub fn generate(
     }
     let cfg = sampler.config();
     let greedy = cfg.temperature == 0.0 && cfg.repeat_penalty == 1.0;
-    let top_k = sampler.top_k_suffices(r.top_step_max());
+    let top_max = r.top_step_max();
     let mut history: Vec<u32> = prompt.to_vec();
     let t0 = Instant::now();
     let mut logits = r.feed(prompt, Logits::Last)?;
@@ -257,9 +257,9 @@ pub fn generate(
         }
         id = if greedy {
             r.greedy_step(id)?
-        } else if let Some(k) = top_k {
-            let c = r.top_step(id, k)?;
-            sampler.sample_top(&c)
+        } else if let Some((k, extra)) = sampler.top_request(&history, top_max) {
+            let c = r.top_step(id, k, &extra)?;
+            sampler.sample_top(&c, &history)
         } else {
             logits = r.feed(&[id], Logits::Last)?;
             sampler.sample(&mut logits, &history)

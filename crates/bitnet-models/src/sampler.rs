@@ -183,26 +183,49 @@ impl Sampler {
         self.draw()
     }
 
-    /// Whether [`sample_top`](Self::sample_top) with this many candidates gives what
-    /// [`sample`](Self::sample) gives: a top-k cut of at most `k` and no repetition penalty
-    /// (which could lift a token from outside the candidates).
-    pub fn top_k_suffices(&self, k: usize) -> Option<usize> {
-        let c = &self.cfg;
-        (c.temperature > 0.0 && c.repeat_penalty == 1.0 && c.top_k > 0 && c.top_k <= k)
-            .then_some(c.top_k)
+    /// What [`sample_top`](Self::sample_top) needs to give what [`sample`](Self::sample)
+    /// gives, when a runner can select at most `max` candidates: the number of largest
+    /// logits, and the ids whose logits must come too (the repetition penalty's recent
+    /// tokens). With a top-k cut of k and r distinct recent tokens, the k + r largest logits
+    /// and the recent tokens' own logits hold every token the cut can keep after the penalty
+    /// (a penalty lowers or lifts only recent tokens, so at most r of the k + r can fall
+    /// below a token outside them). `None` without a top-k cut, at temperature 0, or when
+    /// that is more than `max`.
+    pub fn top_request(&mut self, history: &[u32], max: usize) -> Option<(usize, Vec<u32>)> {
+        if self.cfg.temperature <= 0.0 || self.cfg.top_k == 0 {
+            return None;
+        }
+        self.recent_ids(history);
+        let k = self.cfg.top_k + self.recent.len();
+        (k <= max).then(|| (k, self.recent.clone()))
     }
 
-    /// [`sample`](Self::sample) from the `top_k` largest logits only, as (logit, id) in any
-    /// order, where [`top_k_suffices`](Self::top_k_suffices) says so: the same draw as from
-    /// the whole logits (the chain after the top-k cut sees only the survivors), so a GPU
-    /// sends back a few candidates instead of the logits.
-    pub fn sample_top(&mut self, cands: &[(f32, u32)]) -> u32 {
+    /// [`sample`](Self::sample) from candidates only: (logit, id) pairs in any order, as
+    /// many as [`top_request`](Self::top_request) asked for (the largest logits, then the
+    /// recent tokens'; an id may come twice). The same draw as from the whole logits: the
+    /// chain after the top-k cut sees only its survivors, so a GPU sends back a few
+    /// candidates instead of the logits.
+    pub fn sample_top(&mut self, cands: &[(f32, u32)], history: &[u32]) -> u32 {
+        self.recent_ids(history);
+        let p = self.cfg.repeat_penalty;
         self.cand.clear();
         self.weights.clear();
-        self.cand.extend(cands.iter().filter_map(|&(l, id)| {
-            let l = if l == f32::INFINITY { f32::MAX } else { l };
-            (l > f32::NEG_INFINITY).then_some((l, id))
+        self.cand.extend(cands.iter().map(|&(l, id)| {
+            let mut l = if l.is_nan() {
+                f32::NEG_INFINITY
+            } else if l == f32::INFINITY {
+                f32::MAX
+            } else {
+                l
+            };
+            if p != 1.0 && self.recent.binary_search(&id).is_ok() {
+                l = if l <= 0.0 { l * p } else { l / p };
+            }
+            (l, id)
         }));
+        self.cand.sort_unstable_by_key(|c| c.1);
+        self.cand.dedup_by_key(|c| c.1);
+        self.cand.retain(|c| c.0 > f32::NEG_INFINITY);
         if self.cand.is_empty() {
             // Every logit is -inf or NaN: as the dense path, greedy on the first id.
             self.cand.push((0.0, 0));
@@ -330,15 +353,20 @@ impl Sampler {
         );
     }
 
-    fn apply_penalty(&mut self, logits: &mut [f32], history: &[u32]) {
+    /// The distinct ids (sorted) the repetition penalty applies to; none without a penalty.
+    fn recent_ids(&mut self, history: &[u32]) {
+        self.recent.clear();
         let n = self.cfg.repeat_last_n.min(history.len());
         if self.cfg.repeat_penalty == 1.0 || n == 0 {
             return;
         }
-        self.recent.clear();
         self.recent.extend_from_slice(&history[history.len() - n..]);
         self.recent.sort_unstable();
         self.recent.dedup();
+    }
+
+    fn apply_penalty(&mut self, logits: &mut [f32], history: &[u32]) {
+        self.recent_ids(history);
         let p = self.cfg.repeat_penalty;
         for &id in &self.recent {
             if let Some(l) = logits.get_mut(id as usize) {
@@ -393,28 +421,29 @@ mod top_tests {
     use super::*;
 
     #[test]
-    fn sampling_from_the_top_k_candidates_equals_sampling_from_all_logits() {
+    fn sampling_from_the_requested_candidates_equals_sampling_from_all_logits() {
         let mut rng = Pcg32::new(3, 9);
         let n = 5000;
-        for (temp, top_k, top_p, min_p) in [
-            (0.8, 40, 0.95, 0.05),
-            (1.0, 1, 1.0, 0.0),
-            (1.3, 5, 0.5, 0.0),
-            (0.7, 64, 1.0, 0.2),
+        for (temp, top_k, top_p, min_p, penalty) in [
+            (0.8, 40, 0.95, 0.05, 1.0),
+            (1.0, 1, 1.0, 0.0, 1.0),
+            (1.3, 5, 0.5, 0.0, 1.0),
+            (0.7, 64, 1.0, 0.2, 1.0),
+            (0.8, 40, 0.95, 0.05, 1.3),
+            (1.0, 3, 1.0, 0.0, 0.7),
         ] {
             let cfg = SamplerConfig {
                 temperature: temp,
                 top_k,
                 top_p,
                 min_p,
+                repeat_penalty: penalty,
+                repeat_last_n: 16,
                 seed: 77,
-                ..SamplerConfig::default()
             };
-            let (mut dense, mut top) = (
-                Sampler::new(cfg.clone()).unwrap(),
-                Sampler::new(cfg.clone()).unwrap(),
-            );
-            assert_eq!(top.top_k_suffices(100), Some(top_k));
+            let mut dense = Sampler::new(cfg.clone()).unwrap();
+            let mut top = Sampler::new(cfg.clone()).unwrap();
+            let mut history: Vec<u32> = vec![];
             for step in 0..300 {
                 // Logits on a coarse grid (many ties), one NaN, one +inf now and then.
                 let mut logits: Vec<f32> = (0..n)
@@ -424,8 +453,10 @@ mod top_tests {
                 if step % 7 == 0 {
                     logits[(step * 13) % n] = f32::INFINITY;
                 }
-                // The top-k as a device would return them: NaN lowest, ties to lower ids,
-                // in no particular order.
+                let (k, extra) = top.top_request(&history, 1024).unwrap();
+                assert_eq!(extra.len() + top_k, k);
+                // What a device returns: the k largest (NaN lowest, ties to lower ids) and
+                // the extra ids' logits, in no particular order.
                 let key = |l: f32| if l.is_nan() { f32::NEG_INFINITY } else { l };
                 let mut order: Vec<u32> = (0..n as u32).collect();
                 order.sort_by(|&a, &b| {
@@ -433,25 +464,31 @@ mod top_tests {
                         .total_cmp(&key(logits[a as usize]))
                         .then(a.cmp(&b))
                 });
-                let mut cands: Vec<(f32, u32)> = order[..top_k]
+                let mut cands: Vec<(f32, u32)> = order[..k]
                     .iter()
+                    .chain(&extra)
                     .map(|&i| (logits[i as usize], i))
                     .collect();
                 cands.reverse();
-                let a = dense.sample(&mut logits.clone(), &[]);
-                let b = top.sample_top(&cands);
+                let a = dense.sample(&mut logits.clone(), &history);
+                let b = top.sample_top(&cands, &history);
                 assert_eq!(a, b, "step {step}, config {cfg:?}");
+                // Penalized runs repeat a few tokens often, so the penalty matters.
+                history.push(if step % 3 == 0 { a } else { (step % 11) as u32 });
             }
         }
-        let no = Sampler::new(SamplerConfig {
+        let mut greedy = Sampler::new(SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        })
+        .unwrap();
+        assert_eq!(greedy.top_request(&[], 1024), None);
+        let mut wide = Sampler::new(SamplerConfig {
+            top_k: 1000,
             repeat_penalty: 1.1,
             ..SamplerConfig::default()
         })
         .unwrap();
-        assert_eq!(
-            no.top_k_suffices(1024),
-            None,
-            "a penalty can lift other tokens"
-        );
+        assert_eq!(wide.top_request(&(0..64).collect::<Vec<_>>(), 1024), None);
     }
 }

@@ -148,7 +148,7 @@ fn tiny_model_logits_and_greedy_match_cpu() {
     // A sampling step returns the k largest of its own logits (ties to lower ids), selected
     // on the GPU.
     for k in [1usize, 40, 1024] {
-        let mut c = gpu.top_next(tok, k).unwrap();
+        let mut c = gpu.top_next(tok, k, &[]).unwrap();
         let glog = gpu.last_logits().unwrap();
         let mut want: Vec<(f32, u32)> = glog
             .iter()
@@ -163,13 +163,26 @@ fn tiny_model_logits_and_greedy_match_cpu() {
         assert_eq!(bits(&c), bits(&want), "top-{k} candidates");
         tok = c[0].1;
     }
-    eprintln!("top-k candidates on the GPU: exact for k = 1, 40, 1024");
+    // With extra ids (a repetition penalty's recent tokens), their logits follow.
+    let extra = [5u32, 900, 5];
+    let c = gpu.top_next(tok, 40, &extra).unwrap();
+    let glog = gpu.last_logits().unwrap();
+    assert_eq!(c.len(), 43);
+    for (&(l, i), &e) in c[40..].iter().zip(&extra) {
+        assert_eq!(
+            (l.to_bits(), i),
+            (glog[e as usize].to_bits(), e),
+            "extra id {e}"
+        );
+    }
+    tok = c[0].1;
+    eprintln!("top-k candidates on the GPU: exact for k = 1, 40, 1024, and extra ids");
 
     // No device allocation in the decode loop.
     let before = gpu.device().pool().driver_allocations();
     for _ in 0..8 {
         tok = gpu.greedy_next(tok).unwrap();
-        tok = gpu.top_next(tok, 40).unwrap()[0].1;
+        tok = gpu.top_next(tok, 40, &[1, 2]).unwrap()[0].1;
     }
     assert_eq!(
         gpu.device().pool().driver_allocations(),

@@ -410,7 +410,8 @@ argmax_f32(const float* __restrict__ x, int n, u64* best) {
 // into shared memory as (key, index) pairs and sorted (bitonic, larger key first, then lower
 // index): two reads of x. Otherwise an exact radix select of the K-th largest key (four
 // passes of 8 bits) and a compaction in index order (block-wide prefix sums over contiguous
-// ranges). For sampling: only the candidates cross the bus.
+// ranges). For sampling: only the candidates cross the bus. The values at the m indices in
+// `extra` (a repetition penalty's recent tokens) follow in slots K .. K + m.
 #define TOPK_T 1024
 #define TOPK_CAP 4096
 __device__ __forceinline__ u32 order_key(float v) {
@@ -448,7 +449,7 @@ __device__ __forceinline__ u32 block_excl_scan(u32 v, u32* sh, u32* total) {
 
 extern "C" __global__ void __launch_bounds__(TOPK_T)
 topk_f32(const float* __restrict__ x, int n, int K, float* __restrict__ vals,
-         u32* __restrict__ idx) {
+         u32* __restrict__ idx, const u32* __restrict__ extra, int m) {
     // The histogram (4096 counts) and, once the bin is known, the candidates share memory.
     __shared__ u64 cand[TOPK_CAP];
     u32* hist = (u32*)cand;
@@ -458,6 +459,11 @@ topk_f32(const float* __restrict__ x, int n, int K, float* __restrict__ vals,
     PDL_LAUNCH();
     int tid = threadIdx.x;
     if (K > n) K = n;
+    for (int j = tid; j < m; j += TOPK_T) {
+        u32 id = extra[j];
+        vals[max(K, 0) + j] = id < (u32)n ? x[id] : __int_as_float(0x7fc00000);
+        idx[max(K, 0) + j] = id;
+    }
     if (K <= 0) return;
     // Histogram of the top 12 bits; thread t owns bins 4095−4t−3 .. 4095−4t.
     for (int i = tid; i < 4096; i += TOPK_T) hist[i] = 0u;

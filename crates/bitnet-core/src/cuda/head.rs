@@ -393,34 +393,41 @@ pub const TOPK_MAX: usize = 1024;
 
 /// The `k` largest of the first `n` values of `x` (ties: lower indices first; NaN lowest)
 /// as values and indices, in no particular order, into the first `min(k, n)` slots of
-/// `vals` and `idx`: what a top-k sampler needs, without copying the logits back.
+/// `vals` and `idx`, then the values at the first `m` indices of `extra` (NaN for an index
+/// past `n`) with those indices: what a top-k sampler needs (with a repetition penalty's
+/// recent tokens), without copying the logits back.
+#[allow(clippy::too_many_arguments)]
 pub fn topk(
     dev: &CudaDevice,
     stream: &Stream,
     x: &DevBuf<f32>,
     n: usize,
     k: usize,
+    extra: Option<(&DevBuf<u32>, usize)>,
     vals: &mut DevBuf<f32>,
     idx: &mut DevBuf<u32>,
 ) -> Result<()> {
     let kk = k.min(n);
+    let m = extra.map_or(0, |e| e.1);
     need(
         "cuda::topk",
         x.len() >= n
             && n <= i32::MAX as usize
             && k <= TOPK_MAX
-            && vals.len() >= kk
-            && idx.len() >= kk,
+            && m <= TOPK_MAX
+            && extra.is_none_or(|(e, m)| e.len() >= m)
+            && vals.len() >= kk + m
+            && idx.len() >= kk + m,
         || {
             format!(
-                "{k} of {n} values ({} in x) into {} / {} slots",
+                "{k} of {n} values ({} in x) and {m} more into {} / {} slots",
                 x.len(),
                 vals.len(),
                 idx.len()
             )
         },
     )?;
-    if kk == 0 {
+    if kk + m == 0 {
         return Ok(());
     }
     dev.launch(
@@ -435,6 +442,8 @@ pub fn topk(
             Arg::I(kk as i32),
             Arg::P(vals.ptr()),
             Arg::P(idx.ptr()),
+            Arg::P(extra.map_or(0, |e| e.0.ptr())),
+            Arg::I(m as i32),
         ],
     )
 }
