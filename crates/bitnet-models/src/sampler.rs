@@ -192,8 +192,8 @@ impl Sampler {
     /// below a token outside them). `None` without a top-k cut, at temperature 0, or when
     /// that is more than `max`.
     pub fn top_request(&mut self, history: &[u32], max: usize) -> Option<(usize, Vec<u32>)> {
-        if self.cfg.temperature <= 0.0 || self.cfg.top_k == 0 {
-            return None;
+        if self.cfg.temperature <= 0.0 || self.cfg.top_k == 0 || self.cfg.top_k > max {
+            return None; // (a runner without candidates, max 0, costs nothing per step)
         }
         self.recent_ids(history);
         let k = self.cfg.top_k + self.recent.len();
