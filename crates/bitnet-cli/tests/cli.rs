@@ -353,6 +353,58 @@ fn convert_round_trips_to_identical_logits() {
 }
 
 #[test]
+fn convert_takes_the_vocabulary_from_a_tokenizer_option() {
+    // The tiny GGUF re-written with the vocabulary of the HF directory's tokenizer.json.
+    let out = tmp("tiny-tok.gguf");
+    let out = out.to_str().unwrap();
+    let tj = fixtures().join("tiny-bitnet/tokenizer.json");
+    let o = bitnet(&[
+        "convert",
+        &i2s(),
+        "-o",
+        out,
+        "--tokenizer",
+        tj.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = bitnet(&[
+        "tokenize",
+        "-m",
+        out,
+        "-p",
+        "Permission is granted to",
+        "--json",
+    ]);
+    assert_eq!(stdout(&t).trim(), r#"{"ids":[47,412,627,439,933,362]}"#);
+    let i = bitnet(&["inspect", out]);
+    assert!(
+        stdout(&i).contains("tokenizer.ggml.bos_token_id"),
+        "{}",
+        stdout(&i)
+    );
+    // Llama-3's 128,256 tokens do not fit the tiny model's 1,024 embedding rows.
+    let l3 = fixtures().join("llama3-tokenizer");
+    let o = bitnet(&[
+        "convert",
+        &i2s(),
+        "-o",
+        out,
+        "--tokenizer",
+        l3.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, "128256 tokens");
+    let o = bitnet(&[
+        "convert",
+        &i2s(),
+        "-o",
+        out,
+        "--tokenizer",
+        "/nonexistent/tok.json",
+    ]);
+    assert_clean_failure(&o, "/nonexistent/tok.json");
+}
+
+#[test]
 fn bench_synthetic_json_has_the_promised_fields() {
     let o = bitnet(&[
         "bench",

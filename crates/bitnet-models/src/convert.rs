@@ -13,7 +13,7 @@ use crate::bitnet::Model;
 use crate::gguf::{GgmlType, Value, ValueType};
 use crate::gguf_write::GgufWriter;
 use crate::names::{gguf_keys as keys, Slot, GGUF_ARCH_WRITE};
-use crate::tokenizer::GgufVocab;
+use crate::tokenizer::{GgufVocab, Tokenizer};
 use crate::{Error, Result};
 
 /// The Llama-3 pre-tokenizer split regex (as in Meta's tokenizer.json).
@@ -142,6 +142,28 @@ pub fn vocab_from_tokenizer_json(path: &Path) -> Result<(GgufVocab, bool)> {
     ))
 }
 
+/// The GGUF vocabulary of a Hugging Face tokenizer: `path` is a tokenizer.json file or a
+/// directory holding one. Special ids, `add_bos_token` and the chat template come from the
+/// configs beside it, as [`Tokenizer::from_file`] reads them.
+pub fn vocab_from_hf(path: &Path) -> Result<GgufVocab> {
+    let file = if path.is_dir() {
+        path.join("tokenizer.json")
+    } else {
+        path.to_path_buf()
+    };
+    if !file.is_file() {
+        return Err(Error::bad_file(path, "no tokenizer.json here"));
+    }
+    let mut v = vocab_from_tokenizer_json(&file)?.0;
+    let t = Tokenizer::from_file(&file)?;
+    v.bos = t.bos_id();
+    v.eos = t.eos_id();
+    v.eot = t.eot_id();
+    v.add_bos = Some(t.add_bos());
+    v.chat_template = t.chat_template().map(String::from);
+    Ok(v)
+}
+
 /// The regex of the first `Split` pre-tokenizer (possibly inside a `Sequence`).
 fn split_regex(v: &serde_json::Value) -> Option<String> {
     match v["type"].as_str()? {
@@ -195,6 +217,29 @@ fn dense_tensor(w: &mut GgufWriter, name: &str, m: &DenseMatrix, ty: DenseType) 
     Ok(())
 }
 
+/// `v` with as many tokens as the model has embedding rows: llama.cpp takes the vocabulary
+/// size from the token list. Missing ids (a vocabulary padded for the embedding's shape)
+/// become unused `[PADi]` tokens, as llama.cpp's converter writes them; more tokens than
+/// rows is an error.
+fn fit_vocab(v: &GgufVocab, rows: usize) -> Result<std::borrow::Cow<'_, GgufVocab>> {
+    use std::borrow::Cow;
+    let n = v.tokens.len();
+    if n > rows {
+        return Err(Error::InvalidArgument(format!(
+            "the tokenizer has {n} tokens but the model's embeddings have {rows} rows"
+        )));
+    }
+    if n == rows {
+        return Ok(Cow::Borrowed(v));
+    }
+    let mut p = v.clone();
+    p.tokens.extend((n..rows).map(|i| format!("[PAD{i}]")));
+    if !p.token_types.is_empty() {
+        p.token_types.resize(rows, 5);
+    }
+    Ok(Cow::Owned(p))
+}
+
 /// Build the GGUF image of `model` (with the tokenizer vocabulary, if any).
 pub fn to_gguf(
     model: &Model,
@@ -223,6 +268,7 @@ pub fn to_gguf(
     w.add_kv(key(keys::RMS_EPS), Value::F32(c.rms_eps))?;
     w.add_kv(key(keys::ROPE_FREQ_BASE), Value::F32(c.rope_theta))?;
     if let Some(v) = vocab {
+        let v = &fit_vocab(v, c.vocab_size)?;
         w.add_kv("tokenizer.ggml.model", Value::String(v.model.clone()))?;
         if let Some(p) = &v.pre {
             w.add_kv("tokenizer.ggml.pre", Value::String(p.clone()))?;
@@ -339,4 +385,28 @@ pub fn to_gguf(
         f32s(&model.norm),
     )?;
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_vocabulary_is_padded_and_a_long_one_refused() {
+        let v = GgufVocab {
+            model: "gpt2".into(),
+            tokens: vec!["a".into(), "b".into()],
+            token_types: vec![1, 3],
+            ..Default::default()
+        };
+        let p = fit_vocab(&v, 4).unwrap();
+        assert_eq!(p.tokens, ["a", "b", "[PAD2]", "[PAD3]"]);
+        assert_eq!(p.token_types, [1, 3, 5, 5]);
+        assert!(matches!(
+            fit_vocab(&v, 2).unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let e = fit_vocab(&v, 1).unwrap_err().to_string();
+        assert!(e.contains("2 tokens") && e.contains("1 rows"), "{e}");
+    }
 }

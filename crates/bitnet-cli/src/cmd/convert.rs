@@ -7,7 +7,7 @@ use clap::Args;
 
 use bitnet_core::quant::ternary::TernaryLayout;
 use bitnet_models::bitnet::Model;
-use bitnet_models::convert::{to_gguf, vocab_from_tokenizer_json, DenseType, TernaryType};
+use bitnet_models::convert::{to_gguf, vocab_from_hf, DenseType, TernaryType};
 use bitnet_models::gguf::GgufFile;
 use bitnet_models::load::{self, LoadOptions};
 use bitnet_models::synthetic;
@@ -20,10 +20,15 @@ pub struct ConvertArgs {
     /// Input: a Hugging Face directory or a GGUF file.
     #[arg(required_unless_present = "synthetic", conflicts_with = "synthetic")]
     pub input: Option<std::path::PathBuf>,
-    /// Write a random model with real shapes instead (known: 2b4t; as `bench --synthetic`,
-    /// no tokenizer): a file of the released model's size and layout, with no download.
+    /// Write a random model with real shapes instead (known: 2b4t; as `bench --synthetic`):
+    /// a file of the released model's size and layout, with no download.
     #[arg(long = "synthetic")]
     pub synthetic: Option<String>,
+    /// Take the vocabulary from this Hugging Face tokenizer (a tokenizer.json file or a
+    /// directory holding one) instead of the input's; with `--synthetic`, the file then has a
+    /// tokenizer, so llama.cpp and bitnet.cpp can run it too.
+    #[arg(long = "tokenizer")]
+    pub tokenizer: Option<std::path::PathBuf>,
     /// Output GGUF file.
     #[arg(short = 'o', long = "output")]
     pub output: std::path::PathBuf,
@@ -45,8 +50,9 @@ pub fn run(a: ConvertArgs) -> CliResult {
         (None, Some(s)) => {
             let cfg = synthetic::config_by_name(s)?;
             eprintln!("building synthetic {s} model ...");
+            let vocab = a.tokenizer.as_deref().map(vocab_from_hf).transpose()?;
             let model = synthetic::build(cfg, TernaryLayout::I2S, 42)?;
-            return write(&a, &model, None, &format!("synthetic {s}"), t0);
+            return write(&a, &model, vocab.as_ref(), &format!("synthetic {s}"), t0);
         }
         (None, None) => return Err("give an INPUT or --synthetic NAME".into()),
     };
@@ -55,13 +61,11 @@ pub fn run(a: ConvertArgs) -> CliResult {
     }
     eprintln!("reading {} ...", input.display());
     let loaded = load::load(input, LoadOptions::default())?;
-    let mut vocab = if input.is_dir() {
+    let mut vocab = if let Some(t) = &a.tokenizer {
+        Some(vocab_from_hf(t)?)
+    } else if input.is_dir() {
         let tj = input.join("tokenizer.json");
-        if tj.exists() {
-            Some(vocab_from_tokenizer_json(&tj)?.0)
-        } else {
-            None
-        }
+        tj.exists().then(|| vocab_from_hf(&tj)).transpose()?
     } else {
         Some(load::gguf_vocab(&GgufFile::open(input)?)?)
     };
