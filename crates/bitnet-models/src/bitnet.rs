@@ -79,12 +79,27 @@ impl Config {
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dimension {} must be even", self.head_dim));
         }
-        if !(self.rms_eps > 0.0 && self.rope_theta > 0.0) {
-            return bad("rms_norm_eps and rope_theta must be positive".into());
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if !(positive(self.rms_eps) && positive(self.rope_theta)) {
+            return bad(format!(
+                "rms_norm_eps ({}) and rope_theta ({}) must be finite and positive",
+                self.rms_eps, self.rope_theta
+            ));
+        }
+        if self.max_ctx > MAX_CONTEXT {
+            return bad(format!(
+                "context length {} is beyond the {MAX_CONTEXT} positions this engine supports \
+                 (the RoPE tables are built for all of them at load)",
+                self.max_ctx
+            ));
         }
         Ok(())
     }
 }
+
+/// The longest context a model may declare: its RoPE tables (`max_ctx × head_dim` floats)
+/// are built at load, 512 MiB at this length and head dimension 128.
+pub const MAX_CONTEXT: usize = 1 << 20;
 
 /// One transformer block.
 pub struct Layer {

@@ -132,7 +132,8 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     }
     if is_gguf(path)? {
         let g = GgufFile::open(path)?;
-        return Tokenizer::from_gguf_vocab(&gguf_vocab(&g)?);
+        return Tokenizer::from_gguf_vocab(&gguf_vocab(&g)?)
+            .map_err(|e| Error::bad_file(path, e.to_string()));
     }
     Tokenizer::from_file(path)
 }
@@ -453,7 +454,8 @@ pub fn load_gguf(path: &Path, opts: LoadOptions) -> Result<Loaded> {
         .unwrap_or("?");
     let tokenizer = match gguf_vocab(&g) {
         Ok(v) => {
-            let t = Tokenizer::from_gguf_vocab(&v)?;
+            let t =
+                Tokenizer::from_gguf_vocab(&v).map_err(|e| Error::bad_file(path, e.to_string()))?;
             if let Some(n) = t.pre_tokenizer_note() {
                 notes.push(n);
             }
