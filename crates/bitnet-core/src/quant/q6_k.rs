@@ -539,24 +539,29 @@ pub fn dot_q8k_scalar(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// `pshufb` masks that spread scales `2k` and `2k+1` (bytes of the 16-byte scale vector)
-    /// over 8 bytes each, for the 32-weight step `k` (0..8) of a super-block; sign-extended
-    /// to i16 they give scale `2k` in the low 128-bit lane and `2k+1` in the high one, the
-    /// lanes where `maddubs` leaves the products of weights `32k..32k+16` and `32k+16..32k+32`.
-    const fn scale_shuffle() -> [[u8; 16]; 8] {
-        let mut m = [[0u8; 16]; 8];
+    /// `pshufb` mask that puts the even scale bytes of a super-block first and the odd ones
+    /// after: sign-extended to i16, scales 0, 2, …, 14 fill the low 128-bit lane and 1, 3,
+    /// …, 15 the high one.
+    static EVEN_ODD: [u8; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15];
+
+    /// `vpshufb` masks that broadcast i16 element `k` of each 128-bit lane over the lane:
+    /// applied to the even/odd scales, scale `2k` in the low lane and `2k+1` in the high
+    /// one, the lanes where `maddubs` leaves the products of weights `32k..32k+16` and
+    /// `32k+16..32k+32` of 32-weight step `k` (0..8).
+    const fn scale_broadcast() -> [[u8; 32]; 8] {
+        let mut m = [[0u8; 32]; 8];
         let mut k = 0;
         while k < 8 {
             let mut i = 0;
-            while i < 16 {
-                m[k][i] = (2 * k + i / 8) as u8;
+            while i < 32 {
+                m[k][i] = (2 * k + i % 2) as u8;
                 i += 1;
             }
             k += 1;
         }
         m
     }
-    static SCALE_SHUFFLE: [[u8; 16]; 8] = scale_shuffle();
+    static SCALE_BROADCAST: [[u8; 32]; 8] = scale_broadcast();
 
     /// Σ over blocks of `d·xd·isum` with `isum = Σ_j scale_j·Σ (q−32)·x`, computed as
     /// `Σ_j scale_j·Σ q·x − 32·Σ_j scale_j·bsum_j` (q in 0..=63 is `maddubs`'s unsigned
@@ -575,14 +580,19 @@ mod avx2 {
             .min(bsums.len() / 16);
         let m4 = _mm256_set1_epi8(0x0F);
         let m30 = _mm256_set1_epi8(0x30);
-        // SAFETY: SCALE_SHUFFLE is 8 × 16 bytes. The masks go through an empty asm block:
-        // seeing constants, LLVM would turn each one-instruction `pshufb` into three
+        // SAFETY: the masks are 16 and 8 × 32 bytes. They go through an empty asm block:
+        // seeing constants, LLVM would turn a one-instruction `pshufb` into several
         // shuffles (`pshuflw`/`pshufhw` + `pshufd`).
-        let shuf: [__m128i; 8] = std::array::from_fn(|k| unsafe {
-            let mut v = _mm_loadu_si128(SCALE_SHUFFLE[k].as_ptr() as *const __m128i);
-            std::arch::asm!("/* {0} */", inout(xmm_reg) v, options(pure, nomem, nostack));
-            v
-        });
+        let (even_odd, bcast) = unsafe {
+            let mut e = _mm_loadu_si128(EVEN_ODD.as_ptr() as *const __m128i);
+            std::arch::asm!("/* {0} */", inout(xmm_reg) e, options(pure, nomem, nostack));
+            let b: [__m256i; 8] = std::array::from_fn(|k| {
+                let mut v = _mm256_loadu_si256(SCALE_BROADCAST[k].as_ptr() as *const __m256i);
+                std::arch::asm!("/* {0} */", inout(ymm_reg) v, options(pure, nomem, nostack));
+                v
+            });
+            (e, b)
+        };
         let mut acc = 0f32;
         for b in 0..nb {
             let p = row[b * super::BLOCK_BYTES..][..super::BLOCK_BYTES].as_ptr();
@@ -593,6 +603,7 @@ mod avx2 {
             let bs = unsafe { _mm256_loadu_si256(bsums.as_ptr().add(16 * b) as *const __m256i) };
             // Σ_j scale_j·bsum_j (8 lanes), subtracted ×32 at the end.
             let corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), bs);
+            let scales = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, even_odd));
             let mut isum = _mm256_setzero_si256();
             for h in 0..2 {
                 let (ql0, ql1, qh) = unsafe {
@@ -625,7 +636,7 @@ mod avx2 {
                     let xv =
                         unsafe { _mm256_loadu_si256(x.add(128 * h + 32 * k) as *const __m256i) };
                     let prod = _mm256_maddubs_epi16(*qk, xv);
-                    let s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, shuf[4 * h + k]));
+                    let s = _mm256_shuffle_epi8(scales, bcast[4 * h + k]);
                     isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, s));
                 }
             }
@@ -757,6 +768,30 @@ mod tests {
     }
 
     #[test]
+    fn q8k_dot_equals_the_scalar_kernel_bit_for_bit() {
+        // Rows of 10 super-blocks (the 2B-4T head's 2,560 columns) with weights of mixed
+        // magnitudes, so the 16 group scales take both signs and many values.
+        let (rows, cols) = (64, 2560);
+        let mut w = data(rows * cols, 21);
+        for (i, v) in w.iter_mut().enumerate() {
+            *v *=
+                [0.1f32, 1.0, 7.0, 0.01][(i / 16) % 4] * if (i / 48) % 3 == 0 { -1.0 } else { 1.0 };
+        }
+        let b = quantize(&w, rows, cols).unwrap();
+        let x = data(cols, 22);
+        let mut xq = vec![0i8; cols];
+        let mut xd = vec![0f32; cols / QK_K];
+        quantize_act_q8k(&x, &mut xq, &mut xd);
+        let rb = row_bytes(cols);
+        for r in 0..rows {
+            let row = &b[r * rb..(r + 1) * rb];
+            let s = dot_q8k_scalar(row, &xq, &xd);
+            let v = dot_q8k(row, &xq, &xd);
+            assert_eq!(s.to_bits(), v.to_bits(), "row {r}: {s} {v}");
+        }
+    }
+
+    #[test]
     fn q8k_dot_matches() {
         let w = data(768, 7);
         let x = data(768, 8);
@@ -769,7 +804,7 @@ mod tests {
         quantize_act_q8k(&x, &mut xq, &mut xd);
         let s = dot_q8k_scalar(&b, &xq, &xd);
         let v = dot_q8k(&b, &xq, &xd);
-        assert!((s - v).abs() <= 1e-6 * s.abs().max(1e-3), "{s} {v}");
+        assert_eq!(s.to_bits(), v.to_bits(), "{s} {v}");
         let mut bsums = vec![0i16; 768 / 16];
         q8k_bsums(&xq, &mut bsums);
         assert_eq!(dot_q8k_bsums(&b, &xq, &xd, &bsums), v);
