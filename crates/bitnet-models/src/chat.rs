@@ -59,6 +59,10 @@ impl Message {
     }
 }
 
+/// Template instructions one rendering may execute (minijinja's fuel): ample for any real
+/// conversation, and a bound of well under a second for a template that never ends.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
 /// A compiled chat template plus the BOS/EOS strings it is rendered with.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -80,6 +84,12 @@ impl std::fmt::Debug for ChatTemplate {
 }
 
 fn template_err(e: minijinja::Error) -> Error {
+    if e.kind() == ErrorKind::OutOfFuel {
+        return Error::Template(format!(
+            "the chat template did not finish within {TEMPLATE_FUEL} instructions \
+             (minijinja ran out of fuel): a loop that never ends?"
+        ));
+    }
     // minijinja's Display omits the detail chain; include it so template bugs are findable.
     let mut msg = e.to_string();
     let mut src = std::error::Error::source(&e);
@@ -97,6 +107,9 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
+        // Templates come from model files: a loop nest such as two `range(100000)` would
+        // otherwise run for hours. Real templates use tens of instructions per message.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", tojson);
         env.set_unknown_method_callback(python_method);
@@ -456,6 +469,28 @@ mod tests {
             "1 7 None"
         );
         assert!(render("{{ 'x'.nosuchmethod() }}").is_err());
+    }
+
+    #[test]
+    fn a_template_that_never_ends_is_an_error() {
+        // 10¹⁰ iterations without the fuel limit.
+        let t0 = std::time::Instant::now();
+        let e = render(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("did not finish within 20000000 instructions"),
+            "{e}"
+        );
+        assert!(t0.elapsed().as_secs() < 30);
+        // A long conversation stays far inside the limit.
+        let t = ChatTemplate::llama3_fallback("<s>", "</s>");
+        let msgs: Vec<Message> = (0..2000)
+            .map(|i| Message::user(format!("message {i}")))
+            .collect();
+        assert!(t.render(&msgs, true).is_ok());
     }
 
     #[test]
