@@ -26,23 +26,23 @@ done
 export LD_LIBRARY_PATH="$(dirname "$bench"):${LD_LIBRARY_PATH:-}"
 
 rows=()
+# measure ENGINE ROUND COMMAND...: run it, add its pp/tg rows (the tok/s column is the
+# second last of both tables).
+measure() {
+    local engine=$1 round=$2 out v t
+    shift 2
+    out=$("${pin[@]}" "$@" 2>&1) || {
+        echo "$out" >&2
+        exit 1
+    }
+    for t in "pp$pp" "tg$tg"; do
+        v=$(echo "$out" | grep -E "\| +$t +\|" | tail -1 | awk -F'|' '{print $(NF-1)}' | xargs)
+        rows+=("| $round | $engine | $t | $v |")
+    done
+}
 for r in $(seq 1 "$rounds"); do
-    out=$("${pin[@]}" "$bench" -m "$model" -p "$pp" -n "$tg" -t "$threads" -r "$reps" 2>&1) || {
-        echo "$out" >&2
-        exit 1
-    }
-    for t in "pp$pp" "tg$tg"; do
-        v=$(echo "$out" | grep -E "\| +$t +\|" | awk -F'|' '{print $(NF-1)}' | xargs)
-        rows+=("| $r | bitnet.cpp | $t | $v |")
-    done
-    out=$("${pin[@]}" "$ours" bench -m "$model" -p "$pp" -n "$tg" -t "$threads" -r "$reps" "$@" 2>&1) || {
-        echo "$out" >&2
-        exit 1
-    }
-    for t in "pp$pp" "tg$tg"; do
-        v=$(echo "$out" | grep -E "^\| .* \| $t \|" | awk -F'|' '{print $(NF-1)}' | xargs)
-        rows+=("| $r | bitnet-rust | $t | $v |")
-    done
+    measure bitnet.cpp "$r" "$bench" -m "$model" -p "$pp" -n "$tg" -t "$threads" -r "$reps"
+    measure bitnet-rust "$r" "$ours" bench -m "$model" -p "$pp" -n "$tg" -t "$threads" -r "$reps" "$@"
 done
 echo "threads $threads, $(uptime | sed 's/.*load/load/')"
 echo "| round | engine | test | tok/s |"
