@@ -44,7 +44,7 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<Loaded> {
 pub fn quantize_head(model: &mut Model, kind: DenseKind, path: &Path) -> Result<String> {
     let head = model.head();
     let from = head.kind();
-    if !matches!(from, DenseKind::F32 | DenseKind::F16 | DenseKind::BF16) {
+    if !from.is_float() {
         return Ok(format!(
             "the LM head is already {from:?}; kept as stored (the head type applies to float heads)"
         ));

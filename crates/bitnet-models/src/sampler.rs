@@ -211,17 +211,12 @@ impl Sampler {
         self.cand.clear();
         self.weights.clear();
         self.cand.extend(cands.iter().map(|&(l, id)| {
-            let mut l = if l.is_nan() {
-                f32::NEG_INFINITY
-            } else if l == f32::INFINITY {
-                f32::MAX
-            } else {
-                l
-            };
+            let l = finite_order(l);
             if p != 1.0 && self.recent.binary_search(&id).is_ok() {
-                l = if l <= 0.0 { l * p } else { l / p };
+                (penalize(l, p), id)
+            } else {
+                (l, id)
             }
-            (l, id)
         }));
         self.cand.sort_unstable_by_key(|c| c.1);
         self.cand.dedup_by_key(|c| c.1);
@@ -275,11 +270,7 @@ impl Sampler {
     /// weights in `weights`; `weights` empty means "take `cand[0]`".
     fn prepare(&mut self, logits: &mut [f32], history: &[u32]) {
         for l in logits.iter_mut() {
-            if l.is_nan() {
-                *l = f32::NEG_INFINITY;
-            } else if *l == f32::INFINITY {
-                *l = f32::MAX;
-            }
+            *l = finite_order(*l);
         }
         self.apply_penalty(logits, history);
         self.cand.clear();
@@ -370,13 +361,30 @@ impl Sampler {
         let p = self.cfg.repeat_penalty;
         for &id in &self.recent {
             if let Some(l) = logits.get_mut(id as usize) {
-                if *l <= 0.0 {
-                    *l *= p;
-                } else {
-                    *l /= p;
-                }
+                *l = penalize(*l, p);
             }
         }
+    }
+}
+
+/// A logit as the chain orders it: NaN as −∞ (never drawn), +∞ as the largest finite value.
+fn finite_order(l: f32) -> f32 {
+    if l.is_nan() {
+        f32::NEG_INFINITY
+    } else if l == f32::INFINITY {
+        f32::MAX
+    } else {
+        l
+    }
+}
+
+/// A recent token's logit under repetition penalty `p` (llama.cpp's rule: further from
+/// likely either way).
+fn penalize(l: f32, p: f32) -> f32 {
+    if l <= 0.0 {
+        l * p
+    } else {
+        l / p
     }
 }
 

@@ -69,7 +69,14 @@ pub fn run(a: ConvertArgs) -> CliResult {
     } else {
         Some(load::gguf_vocab(&GgufFile::open(input)?)?)
     };
-    if let (Some(v), Some(t)) = (vocab.as_mut(), loaded.tokenizer.as_ref()) {
+    // The input's own tokenizer fills ids its metadata left out (not for --tokenizer's
+    // vocabulary, whose ids may mean other tokens).
+    let own = if a.tokenizer.is_none() {
+        loaded.tokenizer.as_ref()
+    } else {
+        None
+    };
+    if let (Some(v), Some(t)) = (vocab.as_mut(), own) {
         v.bos = v.bos.or(t.bos_id());
         v.eos = v.eos.or(t.eos_id());
         v.eot = v.eot.or(t.eot_id());

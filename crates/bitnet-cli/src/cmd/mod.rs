@@ -71,7 +71,7 @@ pub fn load_options(layout: Option<&str>, head: Option<&str>) -> CliResult<LoadO
 /// A hint for a float LM head that was kept: it is most of what a token reads.
 pub fn float_head_hint(model: &Model) -> Option<String> {
     let h = model.head();
-    matches!(h.kind(), DenseKind::F32 | DenseKind::F16 | DenseKind::BF16).then(|| {
+    h.kind().is_float().then(|| {
         format!(
             "the LM head is {:?} ({:.0} MiB read per generated token); --lm-head-type q6_k quantizes it at load to {:.0} MiB",
             h.kind(),

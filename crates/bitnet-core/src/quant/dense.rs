@@ -40,6 +40,13 @@ pub enum DenseKind {
     I8Row,
 }
 
+impl DenseKind {
+    /// F32, F16 or BF16: values stored as floats, not quantized.
+    pub fn is_float(self) -> bool {
+        matches!(self, DenseKind::F32 | DenseKind::F16 | DenseKind::BF16)
+    }
+}
+
 /// Row-major `rows × cols` dense matrix.
 #[derive(Clone, Debug)]
 pub enum DenseMatrix {
