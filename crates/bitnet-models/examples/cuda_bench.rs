@@ -377,10 +377,9 @@ fn main() -> R<()> {
         gm.position(),
         1e3 / ms
     ));
-    for bps in [0, 1] {
-        if decode_only {
-            break;
-        }
+    // The per-kernel profiles (separate kernels, then the persistent kernel).
+    let profiled: &[usize] = if decode_only { &[] } else { &[0, 1] };
+    for &bps in profiled {
         if bps == 0 {
             gm.set_persistent_decode(false);
         } else {
