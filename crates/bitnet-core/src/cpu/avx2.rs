@@ -49,7 +49,9 @@ pub(super) fn opaque(mut v: __m256i) -> __m256i {
 /// Accumulate Σ c·x of one weight row over `nb` blocks into `acc` (eight i32 lanes, to be
 /// summed horizontally). The steps of a block alternate between two i16 accumulators (two
 /// short `paddw` chains; no measurable change against one: the loop is bound by its 15
-/// vector operations per 32 bytes, ≈ 19 GB/s per core from L2).
+/// vector operations per 32 bytes, ≈ 19 GB/s per core from L2). Every second block
+/// prefetches the line [`GEMV_PREFETCH_BYTES`] ahead; rows are contiguous, so that runs
+/// into the following rows.
 ///
 /// # Safety
 /// AVX2 must be available. `w` must point at `nb` readable 32-byte blocks and `x` at
@@ -73,6 +75,12 @@ unsafe fn row_dot<const T1: bool>(w: *const u8, x: *const i8, nb: usize, acc: &m
                         unsafe { _mm256_loadu_si256(x.add(b * bw + $s * 32) as *const __m256i) };
                     p[$s & 1] = _mm256_add_epi16(p[$s & 1], _mm256_maddubs_epi16($c, xv));
                 };
+            }
+            if b % 2 == 0 {
+                // A prefetch never faults, and `wrapping_add` keeps the address computation
+                // defined past the end of the weights.
+                let ahead = w.wrapping_add(b * BLOCK_BYTES + GEMV_PREFETCH_BYTES);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             }
             // SAFETY: w + b·32 is inside the nb blocks of the row.
             let raw = unsafe { _mm256_loadu_si256(w.add(b * BLOCK_BYTES) as *const __m256i) };
@@ -133,25 +141,20 @@ pub unsafe fn gemv_rows(layout: TernaryLayout, w: &[u8], rb: usize, x: &XRow<'_>
     }
 }
 
-/// How many rows ahead the gemv loop prefetches its weights (one `prefetcht0` per 64-byte
-/// line): a 64-row task is too short a stream for the hardware prefetcher alone. The loop
-/// takes one row at a time, so memory is read strictly sequentially (measured, 2560×2560,
-/// 1 thread: four interleaved rows reached 3.7 GB/s from DRAM, one row 5.4–6.2 GB/s).
-const GEMV_PREFETCH_ROWS: usize = 2;
+/// How far ahead of its reads the gemv prefetches weights (`prefetcht0`, one 64-byte line
+/// per two blocks): a 64-row task is too short a stream for the hardware prefetcher alone.
+/// Rows are read one at a time, so memory is read strictly sequentially (measured,
+/// 2560×2560, 1 thread: four interleaved rows reached 3.7 GB/s from DRAM, one row 5.4–6.2
+/// GB/s). A distance in bytes, not rows: the former two rows ahead (1,280 bytes at K =
+/// 2,560, 3,456 at K = 6,912) left the 2560×6912 gemv at 67–76 % of the read baseline,
+/// against 79–89 % with 2 KiB (BENCHMARKS.md, eleventh session).
+const GEMV_PREFETCH_BYTES: usize = 2048;
 
 #[target_feature(enable = "avx2")]
 unsafe fn gemv_rows_impl<const T1: bool>(w: &[u8], rb: usize, x: &XRow<'_>, out: &mut [i32]) {
     assert!(w.len() >= out.len() * rb);
     let n = out.len();
     for r in 0..n {
-        if r + GEMV_PREFETCH_ROWS < n {
-            // SAFETY: prefetches never fault; the address is inside `w` anyway.
-            let ahead = unsafe { w.as_ptr().add((r + GEMV_PREFETCH_ROWS) * rb) };
-            for off in (0..rb).step_by(64) {
-                // SAFETY: as above.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.add(off) as *const i8) };
-            }
-        }
         let mut acc = _mm256_setzero_si256();
         // SAFETY: row r is inside `w` (asserted above) with nfull whole blocks and, with a
         // tail, one more; x has nfull whole blocks and the tail one block (XRow's contract).
