@@ -22,7 +22,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{OutPtr, XRow, BLOCK_BYTES};
+use super::{OutPtr, XRow, BLOCK_BYTES, PREFETCH_BYTES};
 use crate::quant::ternary::TernaryLayout;
 
 /// Horizontal sum of eight i32 lanes.
@@ -50,8 +50,8 @@ pub(super) fn opaque(mut v: __m256i) -> __m256i {
 /// summed horizontally). The steps of a block alternate between two i16 accumulators (two
 /// short `paddw` chains; no measurable change against one: the loop is bound by its 15
 /// vector operations per 32 bytes, ≈ 19 GB/s per core from L2). Every second block
-/// prefetches the line [`GEMV_PREFETCH_BYTES`] ahead; rows are contiguous, so that runs
-/// into the following rows.
+/// prefetches the line [`PREFETCH_BYTES`] ahead; rows are contiguous, so that runs into the
+/// following rows (a 64-row task is too short a stream for the hardware prefetcher alone).
 ///
 /// # Safety
 /// AVX2 must be available. `w` must point at `nb` readable 32-byte blocks and `x` at
@@ -79,7 +79,7 @@ unsafe fn row_dot<const T1: bool>(w: *const u8, x: *const i8, nb: usize, acc: &m
             if b % 2 == 0 {
                 // A prefetch never faults, and `wrapping_add` keeps the address computation
                 // defined past the end of the weights.
-                let ahead = w.wrapping_add(b * BLOCK_BYTES + GEMV_PREFETCH_BYTES);
+                let ahead = w.wrapping_add(b * BLOCK_BYTES + PREFETCH_BYTES);
                 _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             }
             // SAFETY: w + b·32 is inside the nb blocks of the row.
@@ -141,15 +141,9 @@ pub unsafe fn gemv_rows(layout: TernaryLayout, w: &[u8], rb: usize, x: &XRow<'_>
     }
 }
 
-/// How far ahead of its reads the gemv prefetches weights (`prefetcht0`, one 64-byte line
-/// per two blocks): a 64-row task is too short a stream for the hardware prefetcher alone.
 /// Rows are read one at a time, so memory is read strictly sequentially (measured,
 /// 2560×2560, 1 thread: four interleaved rows reached 3.7 GB/s from DRAM, one row 5.4–6.2
-/// GB/s). A distance in bytes, not rows: the former two rows ahead (1,280 bytes at K =
-/// 2,560, 3,456 at K = 6,912) left the 2560×6912 gemv at 67–76 % of the read baseline,
-/// against 79–89 % with 2 KiB (BENCHMARKS.md, eleventh session).
-const GEMV_PREFETCH_BYTES: usize = 2048;
-
+/// GB/s).
 #[target_feature(enable = "avx2")]
 unsafe fn gemv_rows_impl<const T1: bool>(w: &[u8], rb: usize, x: &XRow<'_>, out: &mut [i32]) {
     assert!(w.len() >= out.len() * rb);

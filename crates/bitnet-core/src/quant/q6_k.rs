@@ -537,6 +537,7 @@ pub fn dot_q8k_scalar(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use crate::cpu::PREFETCH_BYTES;
     use std::arch::x86_64::*;
 
     /// `pshufb` mask that puts the even scale bytes of a super-block first and the odd ones
@@ -596,6 +597,12 @@ mod avx2 {
         let mut acc = 0f32;
         for b in 0..nb {
             let p = row[b * super::BLOCK_BYTES..][..super::BLOCK_BYTES].as_ptr();
+            // The four lines [`PREFETCH_BYTES`] ahead (a 210-byte block spans up to four;
+            // a prefetch never faults, `wrapping_add` keeps the address defined).
+            for l in 0..4 {
+                let ahead = p.wrapping_add(PREFETCH_BYTES + 64 * l);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
             let x = xq[b * super::QK_K..][..super::QK_K].as_ptr();
             // SAFETY (all loads below): offsets stay inside the 210-byte block, the
             // 256-value x block and the 16 bsums of this block.
@@ -647,11 +654,13 @@ mod avx2 {
             let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
             let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
             let isum = _mm_cvtsi128_si32(s);
-            // SAFETY: bytes 208..210 are inside the block. F16C converts exactly, like
-            // `half` (whose run-time dispatch is an out-of-line call that spills every
-            // vector register of this loop).
-            let dbits = unsafe { (p.add(208) as *const u16).read_unaligned() };
-            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le(dbits) as i32)));
+            // F16C converts exactly, like `half` (whose run-time dispatch is an out-of-line
+            // call that spills every vector register of this loop). d (bytes 208..210) is
+            // lane 3 of the 8-byte load ending at the block's end: a 16-bit insert into a
+            // register can merge into, and so wait for, an unrelated one.
+            // SAFETY: bytes 202..210 are inside the 210-byte block.
+            let h = _mm_cvtph_ps(unsafe { _mm_loadl_epi64(p.add(202) as *const __m128i) });
+            let d = _mm_cvtss_f32(_mm_permute_ps::<3>(h));
             acc += d * xd[b] * isum as f32;
         }
         acc

@@ -153,9 +153,11 @@ pub fn isum32_scalar(w: &[i8], x: &[i8]) -> i32 {
 pub fn dot_q8(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
         {
-            // SAFETY: AVX2 and FMA were detected at run time.
+            // SAFETY: AVX2, FMA and F16C were detected at run time.
             return unsafe { avx2::dot_q8(row, xq, xd) };
         }
     }
@@ -184,7 +186,7 @@ pub fn dot_q8_scalar(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use half::f16;
+    use crate::cpu::PREFETCH_BYTES;
     use std::arch::x86_64::*;
 
     /// Eight i32 lanes of Σ w·x over 32 int8 pairs (x in −127..=127).
@@ -208,8 +210,8 @@ pub(crate) mod avx2 {
     }
 
     /// # Safety
-    /// Requires AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
+    /// Requires AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q8(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
         let nb = (row.len() / super::BLOCK_BYTES)
             .min(xq.len() / super::QK)
@@ -217,7 +219,19 @@ pub(crate) mod avx2 {
         let mut acc = _mm256_setzero_ps();
         for b in 0..nb {
             let blk = &row[b * super::BLOCK_BYTES..][..super::BLOCK_BYTES];
-            let dw = f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+            if b % 2 == 0 {
+                // One line per 68 bytes, [`PREFETCH_BYTES`] ahead (never faults).
+                let ahead = blk.as_ptr().wrapping_add(PREFETCH_BYTES);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
+            // F16C converts exactly, like `half`, whose run-time dispatch is an out-of-line
+            // call per block that spills this loop's vector registers. The scale comes in
+            // with an 8-byte load (lane 0 of four halves): a 16-bit insert into a register
+            // let LLVM merge into the accumulator's register, chaining every block's scale
+            // behind the previous block's FMA (6.9 GiB/s on one core).
+            // SAFETY: the block is 34 bytes long, so bytes 0..8 are in bounds.
+            let h = unsafe { _mm_loadl_epi64(blk.as_ptr() as *const __m128i) };
+            let dw = _mm_cvtss_f32(_mm_cvtph_ps(h));
             // SAFETY: blk[2..34] and xq[32b..32b+32] are in bounds (b < nb).
             let s = unsafe { isum32(blk.as_ptr().add(2), xq.as_ptr().add(b * super::QK)) };
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dw * xd[b]), acc);
