@@ -17,6 +17,9 @@
 //! enables). Not supported: `{% generation %}`, `strftime_now`; templates using them fail
 //! with an error, not silently.
 
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, ErrorKind, State};
 use serde::{Deserialize, Serialize};
@@ -63,9 +66,14 @@ impl Message {
 /// conversation, and a bound of well under a second for a template that never ends.
 pub const TEMPLATE_FUEL: u64 = 20_000_000;
 
+/// Wall-clock limit of one rendering. Fuel counts instructions, and a single instruction
+/// can run for hours: `join`, `sum` or `list` over `range(100000) * 100000` (a lazy
+/// sequence of 10¹⁰ items). Real templates render in milliseconds.
+pub const RENDER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A compiled chat template plus the BOS/EOS strings it is rendered with.
 pub struct ChatTemplate {
-    env: Environment<'static>,
+    env: Arc<Environment<'static>>,
     source: String,
     bos: String,
     eos: String,
@@ -116,7 +124,7 @@ impl ChatTemplate {
         env.add_template_owned(TEMPLATE_NAME, src.to_string())
             .map_err(template_err)?;
         Ok(Self {
-            env,
+            env: Arc::new(env),
             source: src.to_string(),
             bos: bos.into(),
             eos: eos.into(),
@@ -145,17 +153,39 @@ impl ChatTemplate {
 
     /// Renders the conversation. With `add_generation_prompt` the template appends the
     /// header that starts the assistant's reply.
+    ///
+    /// Rendering runs on its own thread; past [`RENDER_TIMEOUT`] this returns an error and
+    /// leaves that thread behind (a command line tool then exits, which ends it).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(template_err)?;
-        tmpl.render(minijinja::context! {
+        let ctx = minijinja::context! {
             messages => messages,
             bos_token => &self.bos,
             eos_token => &self.eos,
             add_generation_prompt => add_generation_prompt,
             tools => Value::from(()),
             documents => Value::from(()),
-        })
-        .map_err(template_err)
+        };
+        let env = Arc::clone(&self.env);
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("chat-template".into())
+            .spawn(move || {
+                let out = env.get_template(TEMPLATE_NAME).and_then(|t| t.render(ctx));
+                // The receiver is gone only after a timeout; nothing is left to tell.
+                let _ = tx.send(out);
+            })
+            .map_err(|e| Error::Template(format!("cannot start the template thread: {e}")))?;
+        match rx.recv_timeout(RENDER_TIMEOUT) {
+            Ok(out) => out.map_err(template_err),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Template(format!(
+                "the chat template did not finish rendering within {} s (one operation over a \
+                 huge list or string?); the template comes from the model file",
+                RENDER_TIMEOUT.as_secs()
+            ))),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Template(
+                "the chat template's rendering thread panicked".into(),
+            )),
+        }
     }
 
     /// The Jinja source in use.
@@ -485,6 +515,14 @@ mod tests {
             "{e}"
         );
         assert!(t0.elapsed().as_secs() < 30);
+        // One instruction that would run for hours: `sum` over 10¹⁰ items (it allocates
+        // nothing, so the thread left behind only spins until the test process ends).
+        let t0 = std::time::Instant::now();
+        let e = render("{{ (range(100000) | list * 100000) | sum }}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did not finish rendering within 10 s"), "{e}");
+        assert!(t0.elapsed() < RENDER_TIMEOUT + Duration::from_secs(5));
         // A long conversation stays far inside the limit.
         let t = ChatTemplate::llama3_fallback("<s>", "</s>");
         let msgs: Vec<Message> = (0..2000)
