@@ -14,7 +14,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{OutPtr, XRow, BLOCK_BYTES, MAX_BLOCK_WEIGHTS};
+use super::{OutPtr, XRow, BLOCK_BYTES, MAX_BLOCK_WEIGHTS, PREFETCH_BYTES};
 use crate::quant::ternary::TernaryLayout;
 
 /// Codes of one 256-bit block vector, step `s` (AVX2 + AVX-512VL instructions only).
@@ -87,6 +87,15 @@ unsafe fn tile<const T1: bool, const MR: usize, const NR: usize>(
     let bias256 = _mm256_set1_epi8(-128);
     let mut b = b0;
     while b + 2 <= b0 + nb {
+        if MR == 1 {
+            // One activation row: a gemv, which streams its weights. Each row's line
+            // PREFETCH_BYTES ahead (a prefetch never faults; `wrapping_add` keeps the
+            // address computation defined past the end).
+            for p in w {
+                let ahead = p.wrapping_add(b * BLOCK_BYTES + PREFETCH_BYTES);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
+        }
         // SAFETY: blocks b and b+1 of each row are readable (caller's contract).
         let raw: [__m512i; NR] = std::array::from_fn(|r| unsafe {
             _mm512_loadu_si512(w[r].add(b * BLOCK_BYTES) as *const _)

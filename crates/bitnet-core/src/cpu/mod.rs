@@ -45,12 +45,13 @@ pub const MAX_BLOCK_WEIGHTS: usize = 160;
 /// shapes still split into 10 tasks for 2 threads.
 pub const ROWS_PER_TASK: usize = 64;
 
-/// How far ahead of their reads the streaming matrix-vector kernels (the ternary gemv, the
-/// LM head's Q6_K, Q8_0, int8-row, f16 and bf16 dots) prefetch weights with `prefetcht0`,
-/// in bytes. A distance in bytes, not rows: the gemv's former whole rows two rows ahead
-/// (1,280 bytes at K = 2,560, 3,456 at K = 6,912) left the 2560×6912 gemv at 67–76 % of the
-/// read baseline, against 75–88 % with 2 KiB. The f32 dot (64 bytes per step) is faster
-/// without. BENCHMARKS.md, eleventh session.
+/// How far ahead of their reads the streaming matrix-vector kernels (the AVX2 and AVX-512
+/// ternary gemv, the LM head's Q6_K, Q8_0, int8-row, f16 and bf16 dots) prefetch weights
+/// with `prefetcht0`, in bytes. A distance in bytes, not rows: the AVX2 gemv's former whole
+/// rows two rows ahead (1,280 bytes at K = 2,560, 3,456 at K = 6,912) left the 2560×6912
+/// gemv at 67–76 % of the read baseline, against 75–88 % with 2 KiB; on a Xeon the AVX-512
+/// gemv, which had none, went from tg128 15–16 to 19–21 tok/s on 2 cores. The f32 dot (64
+/// bytes per step) is faster without. BENCHMARKS.md, eleventh session.
 pub const PREFETCH_BYTES: usize = 2048;
 
 /// A kernel implementation.
