@@ -47,9 +47,11 @@ pub(super) fn opaque(mut v: __m256i) -> __m256i {
 }
 
 /// Accumulate Σ c·x of one weight row over `nb` blocks into `acc` (eight i32 lanes, to be
-/// summed horizontally). The steps of a block alternate between two i16 accumulators (two
-/// short `paddw` chains; no measurable change against one: the loop is bound by its 15
-/// vector operations per 32 bytes, ≈ 19 GB/s per core from L2). Every second block
+/// summed horizontally; I2S adds 4·Σ c·x). The steps of a block alternate between two i16
+/// accumulators. The loop is bound by its vector operations: I2S takes 13 per 32 bytes
+/// (one shift, four masks, four `maddubs`, four `paddw`; it was 15 with each code shifted
+/// down: one core 19.2 → 20.3 GB/s from cache, and 1-thread gemv from DRAM 77–82 → 80–86 %
+/// of the read baseline, BENCHMARKS.md eleventh session). Every second block
 /// prefetches the line [`PREFETCH_BYTES`] ahead; rows are contiguous, so that runs into the
 /// following rows (a 64-row task is too short a stream for the hardware prefetcher alone).
 ///
@@ -64,7 +66,7 @@ unsafe fn row_dot<const T1: bool>(w: *const u8, x: *const i8, nb: usize, acc: &m
     let mut b0 = 0;
     while b0 < nb {
         // i16 partial sums over up to I16_BLOCKS blocks, then widened once.
-        let b1 = (b0 + I16_BLOCKS).min(nb);
+        let b1 = (b0 + if T1 { I16_BLOCKS_T1 } else { I16_BLOCKS_I2S }).min(nb);
         let mut p = [_mm256_setzero_si256(); 2];
         for b in b0..b1 {
             // Multiply the codes `c` with the 32 activations at offset `s*32` of this block.
@@ -108,23 +110,39 @@ unsafe fn row_dot<const T1: bool>(w: *const u8, x: *const i8, nb: usize, acc: &m
                 t1_step!(3);
                 t1_step!(4);
             } else {
+                // Codes of steps 0 and 2 (bits 6–7 and 2–3) stay ×4 in place, so one shift
+                // and four masks isolate all four (16-bit shift: the masks keep only bits
+                // of the same byte). Their sums go to p[0], steps 1 and 3 to p[1]; the
+                // widening below multiplies p[1] by 4, and the caller divides by 4.
                 let mask = _mm256_set1_epi8(3);
-                // 16-bit shifts are fine: the mask keeps only bits that came from the same byte.
-                madd_step!(_mm256_and_si256(_mm256_srli_epi16::<6>(raw), mask), 0);
-                madd_step!(_mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask), 1);
-                madd_step!(_mm256_and_si256(_mm256_srli_epi16::<2>(raw), mask), 2);
+                let mask4 = _mm256_set1_epi8(12);
+                let t = _mm256_srli_epi16::<4>(raw);
+                madd_step!(_mm256_and_si256(t, mask4), 0);
+                madd_step!(_mm256_and_si256(t, mask), 1);
+                madd_step!(_mm256_and_si256(raw, mask4), 2);
                 madd_step!(_mm256_and_si256(raw, mask), 3);
             }
         }
-        let s = _mm256_add_epi16(p[0], p[1]);
-        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(s, ones));
+        if T1 {
+            let s = _mm256_add_epi16(p[0], p[1]);
+            *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(s, ones));
+        } else {
+            let s = _mm256_add_epi32(
+                _mm256_madd_epi16(p[0], ones),
+                _mm256_madd_epi16(p[1], _mm256_set1_epi16(4)),
+            );
+            *acc = _mm256_add_epi32(*acc, s);
+        }
         b0 = b1;
     }
 }
 
-/// Blocks whose `maddubs` results are summed in i16 lanes before widening to i32: one
-/// lane gains at most 5 · 512 = 2560 per (T1) block, so 12 blocks stay within ±30720.
-const I16_BLOCKS: usize = 12;
+/// Blocks whose `maddubs` results are summed in i16 lanes before widening to i32. T1: one
+/// lane gains at most 5 · 512 = 2560 per block, so 12 blocks stay within ±30720. I2S: the
+/// ×4 lane gains at most 2 · 2 · 8 · 128 = 4096 per block, so 8 blocks stay within ±32768
+/// (−32768 is reached only with every activation −128, which still fits).
+const I16_BLOCKS_T1: usize = 12;
+const I16_BLOCKS_I2S: usize = 8;
 
 /// Rows of a gemv (see [`super::gemv`]).
 ///
@@ -159,7 +177,9 @@ unsafe fn gemv_rows_impl<const T1: bool>(w: &[u8], rb: usize, x: &XRow<'_>, out:
                 row_dot::<T1>(row.add(x.nfull * BLOCK_BYTES), x.tail.as_ptr(), 1, &mut acc);
             }
         }
-        out[r] = hsum(acc) - x.sum;
+        // I2S rows come out ×4 (see `row_dot`); the sum is a multiple of 4, so the shift
+        // is exact.
+        out[r] = if T1 { hsum(acc) } else { hsum(acc) >> 2 } - x.sum;
     }
 }
 
