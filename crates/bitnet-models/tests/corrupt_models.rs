@@ -182,24 +182,43 @@ fn broken_models_load_with_an_error_or_run_never_panic() {
             .unwrap_or(d)
     };
     let mut rng = Rng(env("BITNET_FUZZ_SEED", 0x2545f4914f6cdd1d).max(1));
-    let (mut loaded, mut refused) = (0, 0);
+    let mut tally = Tally::default();
     for i in 0..env("BITNET_FUZZ_ITERS", 600) {
         let Some(bytes) = variant(&g, &mut rng) else {
             continue;
         };
         std::fs::write(&path, &bytes).unwrap();
-        if load_and_run(&path, &format!("GGUF variant {i}")) {
-            loaded += 1;
-        } else {
-            refused += 1;
-        }
+        tally.add(load_and_run(&path, &format!("GGUF variant {i}")));
     }
     std::fs::remove_dir_all(&dir).ok();
-    eprintln!("{loaded} variants loaded and ran, {refused} refused with an error");
-    assert!(
-        loaded > 0 && refused > 0,
-        "loaded {loaded}, refused {refused}"
-    );
+    tally.check("GGUF");
+}
+
+/// How many variants of a campaign loaded and ran, and how many were refused.
+#[derive(Default)]
+struct Tally {
+    loaded: usize,
+    refused: usize,
+}
+
+impl Tally {
+    fn add(&mut self, loaded: bool) {
+        if loaded {
+            self.loaded += 1;
+        } else {
+            self.refused += 1;
+        }
+    }
+
+    /// A campaign must exercise both outcomes, or its damage was too mild or too severe.
+    fn check(&self, what: &str) {
+        let (loaded, refused) = (self.loaded, self.refused);
+        eprintln!("{what}: {loaded} variants loaded and ran, {refused} refused with an error");
+        assert!(
+            loaded > 0 && refused > 0,
+            "loaded {loaded}, refused {refused}"
+        );
+    }
 }
 
 /// Load `path` and, when it loads, run a prompt and the tokenizer; a panic fails the test
@@ -305,7 +324,7 @@ fn broken_hf_directories_load_with_an_error_or_run_never_panic() {
     let mut rng = Rng(env("BITNET_FUZZ_SEED", 0x9e3779b97f4a7c15).max(1));
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
     let dir = std::env::temp_dir().join(format!("bitnet-corrupt-hf-{}", std::process::id()));
-    let (mut loaded, mut refused) = (0, 0);
+    let mut tally = Tally::default();
     for i in 0..env("BITNET_FUZZ_ITERS", 600) / 2 {
         let src = root.join(["tiny-bitnet", "tiny-bitnet-packed"][rng.below(2)]);
         std::fs::remove_dir_all(&dir).ok();
@@ -336,18 +355,10 @@ fn broken_hf_directories_load_with_an_error_or_run_never_panic() {
         }
         std::fs::write(dir.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
         std::fs::write(dir.join("model.safetensors"), &st).unwrap();
-        if load_and_run(&dir, &format!("HF variant {i}")) {
-            loaded += 1;
-        } else {
-            refused += 1;
-        }
+        tally.add(load_and_run(&dir, &format!("HF variant {i}")));
     }
     std::fs::remove_dir_all(&dir).ok();
-    eprintln!("{loaded} HF variants loaded and ran, {refused} refused with an error");
-    assert!(
-        loaded > 0 && refused > 0,
-        "loaded {loaded}, refused {refused}"
-    );
+    tally.check("HF");
 }
 
 #[test]

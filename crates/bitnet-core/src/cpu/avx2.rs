@@ -65,7 +65,7 @@ unsafe fn row_dot<const T1: bool>(w: *const u8, x: *const i8, nb: usize, acc: &m
     let bw = if T1 { 160 } else { 128 };
     let mut b0 = 0;
     while b0 < nb {
-        // i16 partial sums over up to I16_BLOCKS blocks, then widened once.
+        // i16 partial sums over up to I16_BLOCKS_T1 / I16_BLOCKS_I2S blocks, widened once.
         let b1 = (b0 + if T1 { I16_BLOCKS_T1 } else { I16_BLOCKS_I2S }).min(nb);
         let mut p = [_mm256_setzero_si256(); 2];
         for b in b0..b1 {
