@@ -10,6 +10,10 @@ use clap::{Args, Parser, Subcommand};
 
 mod cmd;
 
+/// Bounds the memory a model file's chat template may take (see `TEMPLATE_MEMORY`).
+#[global_allocator]
+static ALLOCATOR: bitnet_models::chat::TemplateAllocator = bitnet_models::chat::TemplateAllocator;
+
 #[derive(Parser)]
 #[command(
     name = "bitnet",

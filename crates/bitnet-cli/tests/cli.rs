@@ -495,3 +495,53 @@ fn bad_input_fails_cleanly() {
         "config.json",
     );
 }
+
+/// `bitnet chat` with `input` on standard input.
+fn chat(model: &str, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(["chat", "-m", model, "-n", "8", "--temp", "0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run bitnet chat");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("wait for bitnet chat")
+}
+
+#[test]
+fn chat_renders_the_template_and_bounds_its_memory() {
+    // Two turns with the tiny model's own template; end of input quits.
+    let o = chat(&i2s(), "hello\nand again\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).matches("> ").count(), 3, "{}", stdout(&o));
+    // The same model with a template that materializes 10¹⁰ values (240 GB): an error
+    // naming the limit, not an aborted process.
+    let dir = tmp("hostile-template");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixtures().join("tiny-bitnet");
+    std::fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    cfg["chat_template"] = "{{ (range(100000) * 100000) | list | length }}".into();
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let out = tmp("hostile-template.gguf");
+    let out = out.to_str().unwrap();
+    let o = bitnet(&[
+        "convert",
+        &i2s(),
+        "-o",
+        out,
+        "--tokenizer",
+        dir.join("tokenizer.json").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_clean_failure(&chat(out, "hello\n"), "more than 512 MiB of memory");
+}

@@ -17,8 +17,11 @@
 //! enables). Not supported: `{% generation %}`, `strftime_now`; templates using them fail
 //! with an error, not silently.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, ErrorKind, State};
@@ -70,6 +73,73 @@ pub const TEMPLATE_FUEL: u64 = 20_000_000;
 /// can run for hours: `join`, `sum` or `list` over `range(100000) * 100000` (a lazy
 /// sequence of 10¹⁰ items). Real templates render in milliseconds.
 pub const RENDER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Heap bytes one rendering may hold at once. Fuel and the timeout bound time, not memory:
+/// `(range(100000) * 100000) | list` asks for 240 GB in one instruction, and a failed
+/// allocation aborts the process. Real templates hold a few kilobytes plus the
+/// conversation. Enforced only in programs that install [`TemplateAllocator`] as their
+/// global allocator (the `bitnet` CLI does).
+pub const TEMPLATE_MEMORY: usize = 512 << 20;
+
+thread_local! {
+    /// Set on a rendering thread only: its live heap bytes and the flag it raises when
+    /// they pass [`TEMPLATE_MEMORY`] (owned by an `Arc` the thread keeps alive).
+    static RENDER_HEAP: Cell<(isize, *const AtomicBool)> =
+        const { Cell::new((0, std::ptr::null())) };
+}
+
+/// The system allocator, plus a memory limit for chat-template rendering threads.
+///
+/// Other threads pay one thread-local read per allocation. A rendering thread that asks
+/// for more than [`TEMPLATE_MEMORY`] raises its flag and sleeps for good instead of
+/// receiving the memory (an allocator may neither fail loudly nor unwind);
+/// [`ChatTemplate::render`] sees the flag and returns an error, and the sleeping thread
+/// ends with the process.
+pub struct TemplateAllocator;
+
+impl TemplateAllocator {
+    fn charge(delta: isize) {
+        let _ = RENDER_HEAP.try_with(|h| {
+            let (live, flag) = h.get();
+            if flag.is_null() {
+                return;
+            }
+            let live = live.saturating_add(delta);
+            h.set((live, flag));
+            if delta > 0 && live > TEMPLATE_MEMORY as isize {
+                // SAFETY: the flag's Arc lives in this thread's closure, which is running.
+                unsafe { (*flag).store(true, Ordering::Release) };
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+        });
+    }
+}
+
+// SAFETY: every call goes to `System` with the caller's arguments; `charge` only does
+// bookkeeping (or never returns), and allocates nothing.
+unsafe impl GlobalAlloc for TemplateAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Self::charge(layout.size() as isize);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Self::charge(layout.size() as isize);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        Self::charge(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Self::charge(new_size as isize - layout.size() as isize);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
 
 /// A compiled chat template plus the BOS/EOS strings it is rendered with.
 pub struct ChatTemplate {
@@ -154,8 +224,9 @@ impl ChatTemplate {
     /// Renders the conversation. With `add_generation_prompt` the template appends the
     /// header that starts the assistant's reply.
     ///
-    /// Rendering runs on its own thread; past [`RENDER_TIMEOUT`] this returns an error and
-    /// leaves that thread behind (a command line tool then exits, which ends it).
+    /// Rendering runs on its own thread; past [`RENDER_TIMEOUT`], or past [`TEMPLATE_MEMORY`]
+    /// where [`TemplateAllocator`] is installed, this returns an error and leaves that thread
+    /// behind (a command line tool then exits, which ends it).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let ctx = minijinja::context! {
             messages => messages,
@@ -166,25 +237,45 @@ impl ChatTemplate {
             documents => Value::from(()),
         };
         let env = Arc::clone(&self.env);
+        let over = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&over);
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("chat-template".into())
             .spawn(move || {
+                RENDER_HEAP.with(|h| h.set((0, Arc::as_ptr(&flag))));
                 let out = env.get_template(TEMPLATE_NAME).and_then(|t| t.render(ctx));
+                RENDER_HEAP.with(|h| h.set((0, std::ptr::null())));
                 // The receiver is gone only after a timeout; nothing is left to tell.
                 let _ = tx.send(out);
+                drop(flag);
             })
             .map_err(|e| Error::Template(format!("cannot start the template thread: {e}")))?;
-        match rx.recv_timeout(RENDER_TIMEOUT) {
-            Ok(out) => out.map_err(template_err),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Template(format!(
-                "the chat template did not finish rendering within {} s (one operation over a \
-                 huge list or string?); the template comes from the model file",
-                RENDER_TIMEOUT.as_secs()
-            ))),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Template(
-                "the chat template's rendering thread panicked".into(),
-            )),
+        let deadline = Instant::now() + RENDER_TIMEOUT;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(out) => return out.map_err(template_err),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Template(
+                        "the chat template's rendering thread panicked".into(),
+                    ))
+                }
+            }
+            if over.load(Ordering::Acquire) {
+                return Err(Error::Template(format!(
+                    "the chat template needed more than {} MiB of memory (one operation over \
+                     a huge list or string?); the template comes from the model file",
+                    TEMPLATE_MEMORY >> 20
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Template(format!(
+                    "the chat template did not finish rendering within {} s (one operation \
+                     over a huge list or string?); the template comes from the model file",
+                    RENDER_TIMEOUT.as_secs()
+                )));
+            }
         }
     }
 
