@@ -528,8 +528,7 @@ fn chat_renders_the_template_and_bounds_its_memory() {
     let src = fixtures().join("tiny-bitnet");
     std::fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
     let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(src.join("tokenizer_config.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(src.join("tokenizer_config.json")).unwrap()).unwrap();
     cfg["chat_template"] = "{{ (range(100000) * 100000) | list | length }}".into();
     std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
     let out = tmp("hostile-template.gguf");

@@ -5,7 +5,7 @@ use bitnet_core::cpu::{self, KernelPath};
 use bitnet_core::nn::bitlinear::{BitLinear, QuantizedActs};
 use bitnet_core::nn::norm::{rmsnorm, rmsnorm_quantize};
 use bitnet_core::quant::act;
-use bitnet_core::quant::ternary::{TernaryLayout, TernaryMatrix};
+use bitnet_core::quant::ternary::{gemm_multi, TernaryLayout, TernaryMatrix};
 use bitnet_core::{Error, SharedBytes};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -202,6 +202,40 @@ fn big_shapes_multithreaded_match_reference() {
                 .build()
                 .unwrap();
             pool.install(|| check_all_paths(&q, n, k, &x, m, &paths));
+        }
+    }
+}
+
+#[test]
+fn gemv_is_exact_at_every_activation_alignment() {
+    // gemv copies activations that do not start on a 64-byte boundary to one that does,
+    // up to 32 KiB; longer rows are read where they are. Every offset of a row within a
+    // 64-byte line, on both sides of that limit, single and multi-matrix calls.
+    let paths = simd_paths("gemv_is_exact_at_every_activation_alignment");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for (n, k) in [(70usize, 2560usize), (3, 32 * 1024 + 200)] {
+        let q: Vec<i8> = (0..n * k).map(|_| rng.random_range(-1i8..=1)).collect();
+        let mut buf = vec![0i8; k + 128];
+        let base = buf.as_ptr().align_offset(64);
+        for v in buf.iter_mut() {
+            *v = rng.random();
+        }
+        for layout in LAYOUTS {
+            let w = TernaryMatrix::from_trits(&q, n, k, 0.5, layout).unwrap();
+            for off in (0..64).step_by(if k > 4096 { 16 } else { 1 }) {
+                let x = &buf[base + off..base + off + k];
+                let want = naive_gemm(&q, n, k, x, 1);
+                for &p in std::iter::once(&KernelPath::Scalar).chain(&paths) {
+                    let mut o = vec![0i32; n];
+                    w.gemv_with(p, x, &mut o).unwrap();
+                    assert_eq!(o, want, "gemv {layout:?} {p} k={k} offset {off}");
+                }
+                // The multi-matrix path (q/k/v, gate/up) with one token, on the active path.
+                let (mut a, mut b) = (vec![0i32; n], vec![0i32; n]);
+                gemm_multi(&[&w, &w], x, 1, &mut [&mut a, &mut b]).unwrap();
+                assert_eq!(a, want, "gemm_multi {layout:?} k={k} offset {off}");
+                assert_eq!(b, want, "gemm_multi {layout:?} k={k} offset {off}");
+            }
         }
     }
 }
