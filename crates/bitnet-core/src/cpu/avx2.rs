@@ -68,7 +68,8 @@ unsafe fn row_dot<const T1: bool>(w: *const u8, x: *const i8, nb: usize, acc: &m
         // i16 partial sums over up to I16_BLOCKS_T1 / I16_BLOCKS_I2S blocks, widened once.
         let b1 = (b0 + if T1 { I16_BLOCKS_T1 } else { I16_BLOCKS_I2S }).min(nb);
         let mut p = [_mm256_setzero_si256(); 2];
-        for b in b0..b1 {
+        // One block: the codes of block `b` times its activations, into p.
+        let mut block = |b: usize| {
             // Multiply the codes `c` with the 32 activations at offset `s*32` of this block.
             macro_rules! madd_step {
                 ($c:expr, $s:expr) => {
@@ -77,12 +78,6 @@ unsafe fn row_dot<const T1: bool>(w: *const u8, x: *const i8, nb: usize, acc: &m
                         unsafe { _mm256_loadu_si256(x.add(b * bw + $s * 32) as *const __m256i) };
                     p[$s & 1] = _mm256_add_epi16(p[$s & 1], _mm256_maddubs_epi16($c, xv));
                 };
-            }
-            if b % 2 == 0 {
-                // A prefetch never faults, and `wrapping_add` keeps the address computation
-                // defined past the end of the weights.
-                let ahead = w.wrapping_add(b * BLOCK_BYTES + PREFETCH_BYTES);
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             }
             // SAFETY: w + b·32 is inside the nb blocks of the row.
             let raw = unsafe { _mm256_loadu_si256(w.add(b * BLOCK_BYTES) as *const __m256i) };
@@ -122,6 +117,20 @@ unsafe fn row_dot<const T1: bool>(w: *const u8, x: *const i8, nb: usize, acc: &m
                 madd_step!(_mm256_and_si256(raw, mask4), 2);
                 madd_step!(_mm256_and_si256(raw, mask), 3);
             }
+        };
+        // Two blocks (one 64-byte line) per iteration, each prefetching the line
+        // PREFETCH_BYTES ahead. A prefetch never faults, and `wrapping_add` keeps the
+        // address computation defined past the end of the weights.
+        let mut b = b0;
+        while b < b1 {
+            _mm_prefetch::<_MM_HINT_T0>(
+                w.wrapping_add(b * BLOCK_BYTES + PREFETCH_BYTES) as *const i8
+            );
+            block(b);
+            if b + 1 < b1 {
+                block(b + 1);
+            }
+            b += 2;
         }
         if T1 {
             let s = _mm256_add_epi16(p[0], p[1]);
