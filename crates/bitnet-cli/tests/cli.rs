@@ -51,6 +51,11 @@ fn i2s() -> String {
         .to_string()
 }
 
+/// `bitnet convert` of the tiny I2_S GGUF to `out` with the vocabulary of `tokenizer`.
+fn convert_tiny_with_tokenizer(out: &str, tokenizer: &str) -> Output {
+    bitnet(&["convert", &i2s(), "-o", out, "--tokenizer", tokenizer])
+}
+
 #[test]
 fn generate_json_is_greedy_and_reproducible() {
     let run = || {
@@ -358,14 +363,7 @@ fn convert_takes_the_vocabulary_from_a_tokenizer_option() {
     let out = tmp("tiny-tok.gguf");
     let out = out.to_str().unwrap();
     let tj = fixtures().join("tiny-bitnet/tokenizer.json");
-    let o = bitnet(&[
-        "convert",
-        &i2s(),
-        "-o",
-        out,
-        "--tokenizer",
-        tj.to_str().unwrap(),
-    ]);
+    let o = convert_tiny_with_tokenizer(out, tj.to_str().unwrap());
     assert!(o.status.success(), "{}", stderr(&o));
     let t = bitnet(&[
         "tokenize",
@@ -384,23 +382,9 @@ fn convert_takes_the_vocabulary_from_a_tokenizer_option() {
     );
     // Llama-3's 128,256 tokens do not fit the tiny model's 1,024 embedding rows.
     let l3 = fixtures().join("llama3-tokenizer");
-    let o = bitnet(&[
-        "convert",
-        &i2s(),
-        "-o",
-        out,
-        "--tokenizer",
-        l3.to_str().unwrap(),
-    ]);
+    let o = convert_tiny_with_tokenizer(out, l3.to_str().unwrap());
     assert_clean_failure(&o, "128256 tokens");
-    let o = bitnet(&[
-        "convert",
-        &i2s(),
-        "-o",
-        out,
-        "--tokenizer",
-        "/nonexistent/tok.json",
-    ]);
+    let o = convert_tiny_with_tokenizer(out, "/nonexistent/tok.json");
     assert_clean_failure(&o, "/nonexistent/tok.json");
 }
 
@@ -533,14 +517,7 @@ fn chat_renders_the_template_and_bounds_its_memory() {
     std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
     let out = tmp("hostile-template.gguf");
     let out = out.to_str().unwrap();
-    let o = bitnet(&[
-        "convert",
-        &i2s(),
-        "-o",
-        out,
-        "--tokenizer",
-        dir.join("tokenizer.json").to_str().unwrap(),
-    ]);
+    let o = convert_tiny_with_tokenizer(out, dir.join("tokenizer.json").to_str().unwrap());
     assert!(o.status.success(), "{}", stderr(&o));
     assert_clean_failure(&chat(out, "hello\n"), "more than 512 MiB of memory");
 }

@@ -51,9 +51,10 @@ pub(super) fn opaque(mut v: __m256i) -> __m256i {
 /// accumulators. The loop is bound by its vector operations: I2S takes 13 per 32 bytes
 /// (one shift, four masks, four `maddubs`, four `paddw`; it was 15 with each code shifted
 /// down: one core 19.2 → 20.3 GB/s from cache, and 1-thread gemv from DRAM 77–82 → 80–86 %
-/// of the read baseline, BENCHMARKS.md eleventh session). Every second block
-/// prefetches the line [`PREFETCH_BYTES`] ahead; rows are contiguous, so that runs into the
-/// following rows (a 64-row task is too short a stream for the hardware prefetcher alone).
+/// of the read baseline, BENCHMARKS.md eleventh session). Blocks go two at a time (one
+/// 64-byte line), each pair prefetching the line [`PREFETCH_BYTES`] ahead; rows are
+/// contiguous, so that runs into the following rows (a 64-row task is too short a stream
+/// for the hardware prefetcher alone).
 ///
 /// # Safety
 /// AVX2 must be available. `w` must point at `nb` readable 32-byte blocks and `x` at
@@ -118,9 +119,10 @@ unsafe fn row_dot<const T1: bool>(w: *const u8, x: *const i8, nb: usize, acc: &m
                 madd_step!(_mm256_and_si256(raw, mask), 3);
             }
         };
-        // Two blocks (one 64-byte line) per iteration, each prefetching the line
-        // PREFETCH_BYTES ahead. A prefetch never faults, and `wrapping_add` keeps the
-        // address computation defined past the end of the weights.
+        // Two blocks (one 64-byte line) per iteration and one prefetch of the line
+        // PREFETCH_BYTES ahead (a parity test per block cost more: BENCHMARKS.md, twelfth
+        // session). A prefetch never faults, and `wrapping_add` keeps the address
+        // computation defined past the end of the weights.
         let mut b = b0;
         while b < b1 {
             _mm_prefetch::<_MM_HINT_T0>(
