@@ -22,7 +22,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{OutPtr, XRow, BLOCK_BYTES, PREFETCH_BYTES};
+use super::{prefetch_ahead, OutPtr, XRow, BLOCK_BYTES};
 use crate::quant::ternary::TernaryLayout;
 
 /// Horizontal sum of eight i32 lanes.
@@ -52,7 +52,7 @@ pub(super) fn opaque(mut v: __m256i) -> __m256i {
 /// (one shift, four masks, four `maddubs`, four `paddw`; it was 15 with each code shifted
 /// down: one core 19.2 → 20.3 GB/s from cache, and 1-thread gemv from DRAM 77–82 → 80–86 %
 /// of the read baseline, BENCHMARKS.md eleventh session). Blocks go two at a time (one
-/// 64-byte line), each pair prefetching the line [`PREFETCH_BYTES`] ahead; rows are
+/// 64-byte line), each pair prefetching the line [`PREFETCH_BYTES`](super::PREFETCH_BYTES) ahead; rows are
 /// contiguous, so that runs into the following rows (a 64-row task is too short a stream
 /// for the hardware prefetcher alone).
 ///
@@ -123,13 +123,10 @@ unsafe fn row_dot<const T1: bool>(w: *const u8, x: *const i8, nb: usize, acc: &m
         // PREFETCH_BYTES ahead (a parity test per block cost more: BENCHMARKS.md, twelfth
         // session). The weights are read once: a non-temporal prefetch keeps them from
         // evicting the token, which every row reads again (1 thread, +3–6 points of the
-        // read baseline on the large shapes; ibid.). A prefetch never faults, and
-        // `wrapping_add` keeps the address computation defined past the end of the weights.
+        // read baseline on the large shapes; ibid.).
         let mut b = b0;
         while b < b1 {
-            _mm_prefetch::<_MM_HINT_NTA>(
-                w.wrapping_add(b * BLOCK_BYTES + PREFETCH_BYTES) as *const i8
-            );
+            prefetch_ahead::<_MM_HINT_NTA>(w, b * BLOCK_BYTES);
             block(b);
             if b + 1 < b1 {
                 block(b + 1);

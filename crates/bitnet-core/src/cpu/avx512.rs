@@ -14,7 +14,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{OutPtr, XRow, BLOCK_BYTES, MAX_BLOCK_WEIGHTS, PREFETCH_BYTES};
+use super::{prefetch_ahead, OutPtr, XRow, BLOCK_BYTES, MAX_BLOCK_WEIGHTS};
 use crate::quant::ternary::TernaryLayout;
 
 /// Codes of one 256-bit block vector, step `s` (AVX2 + AVX-512VL instructions only).
@@ -89,11 +89,9 @@ unsafe fn tile<const T1: bool, const MR: usize, const NR: usize>(
     while b + 2 <= b0 + nb {
         if MR == 1 {
             // One activation row: a gemv, which streams its weights. Each row's line
-            // PREFETCH_BYTES ahead (a prefetch never faults; `wrapping_add` keeps the
-            // address computation defined past the end).
+            // PREFETCH_BYTES ahead.
             for p in w {
-                let ahead = p.wrapping_add(b * BLOCK_BYTES + PREFETCH_BYTES);
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                prefetch_ahead::<_MM_HINT_T0>(p, b * BLOCK_BYTES);
             }
         }
         // SAFETY: blocks b and b+1 of each row are readable (caller's contract).

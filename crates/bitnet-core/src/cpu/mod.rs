@@ -47,13 +47,25 @@ pub const MAX_BLOCK_WEIGHTS: usize = 160;
 pub const ROWS_PER_TASK: usize = 64;
 
 /// How far ahead of their reads the streaming matrix-vector kernels (the AVX2 and AVX-512
-/// ternary gemv, the LM head's Q6_K, Q8_0, int8-row, f16 and bf16 dots) prefetch weights
-/// with `prefetcht0`, in bytes. A distance in bytes, not rows: the AVX2 gemv's former whole
-/// rows two rows ahead (1,280 bytes at K = 2,560, 3,456 at K = 6,912) left the 2560×6912
-/// gemv at 67–76 % of the read baseline, against 75–88 % with 2 KiB; on a Xeon the AVX-512
-/// gemv, which had none, went from tg128 15–16 to 19–21 tok/s on 2 cores. The f32 dot (64
-/// bytes per step) is faster without. BENCHMARKS.md, eleventh session.
+/// ternary gemv, the LM head's Q6_K, Q8_0, int8-row, f16 and bf16 dots) prefetch weights,
+/// in bytes (`prefetch_ahead`: `prefetcht0`, `prefetchnta` in the AVX2 gemv). A distance
+/// in bytes, not rows: the AVX2 gemv's former whole rows two rows ahead (1,280 bytes at
+/// K = 2,560, 3,456 at K = 6,912) left the 2560×6912 gemv at 67–76 % of the read baseline,
+/// against 75–88 % with 2 KiB; on a Xeon the AVX-512 gemv, which had none, went from tg128
+/// 15–16 to 19–21 tok/s on 2 cores. The f32 dot (64 bytes per step) is faster without.
+/// BENCHMARKS.md, eleventh session.
 pub const PREFETCH_BYTES: usize = 2048;
+
+/// Prefetch, with `_mm_prefetch` hint `HINT`, the line [`PREFETCH_BYTES`] past `p + off`.
+/// A prefetch never faults, and `wrapping_add` keeps the address computation defined past
+/// the end of the buffer.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_ahead<const HINT: i32>(p: *const u8, off: usize) {
+    let at = p.wrapping_add(off + PREFETCH_BYTES) as *const i8;
+    // SAFETY: SSE is part of the x86_64 baseline, and a prefetch reads no memory.
+    unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(at) };
+}
 
 /// A kernel implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

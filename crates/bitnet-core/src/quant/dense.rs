@@ -723,7 +723,7 @@ fn dot_i8_blocks(w: &[i8], xq: &[i8], xd: &[f32], feat: Features) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::q8_0::avx2::{hsum, isum32};
-    use crate::cpu::PREFETCH_BYTES;
+    use crate::cpu::prefetch_ahead;
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -759,9 +759,8 @@ mod simd {
         let mut i = 0;
         while i + 16 <= n {
             if i % 32 == 0 {
-                // One line per 64 bytes, [`PREFETCH_BYTES`] ahead (never faults).
-                let ahead = w.as_ptr().wrapping_add(2 * i + PREFETCH_BYTES);
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                // One line per 64 bytes, PREFETCH_BYTES ahead.
+                prefetch_ahead::<_MM_HINT_T0>(w.as_ptr(), 2 * i);
             }
             // SAFETY: i + 16 <= n: 32 bytes of w and 16 floats of x are in bounds.
             unsafe {
@@ -794,9 +793,8 @@ mod simd {
         // Two accumulators: one FMA chain would bound the loop at 16 bytes per FMA latency.
         while i + 16 <= n {
             if i % 32 == 0 {
-                // One line per 64 bytes, [`PREFETCH_BYTES`] ahead (never faults).
-                let ahead = w.as_ptr().wrapping_add(2 * i + PREFETCH_BYTES);
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                // One line per 64 bytes, PREFETCH_BYTES ahead.
+                prefetch_ahead::<_MM_HINT_T0>(w.as_ptr(), 2 * i);
             }
             // SAFETY: i + 16 <= n: 32 bytes of w and 16 floats of x are in bounds.
             unsafe {
@@ -824,9 +822,8 @@ mod simd {
         let mut acc = _mm256_setzero_ps();
         for b in 0..nb {
             if b % 2 == 0 {
-                // One line per 64 bytes, [`PREFETCH_BYTES`] ahead (never faults).
-                let ahead = w.as_ptr().wrapping_add(32 * b + PREFETCH_BYTES);
-                _mm_prefetch::<_MM_HINT_T0>(ahead);
+                // One line per 64 bytes, PREFETCH_BYTES ahead.
+                prefetch_ahead::<_MM_HINT_T0>(w.as_ptr() as *const u8, 32 * b);
             }
             // SAFETY: bounds asserted above.
             let s = unsafe { isum32(w.as_ptr().add(32 * b) as *const u8, xq.as_ptr().add(32 * b)) };

@@ -537,7 +537,7 @@ pub fn dot_q8k_scalar(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use crate::cpu::PREFETCH_BYTES;
+    use crate::cpu::prefetch_ahead;
     use std::arch::x86_64::*;
 
     /// `pshufb` mask that puts the even scale bytes of a super-block first and the odd ones
@@ -597,11 +597,9 @@ mod avx2 {
         let mut acc = 0f32;
         for b in 0..nb {
             let p = row[b * super::BLOCK_BYTES..][..super::BLOCK_BYTES].as_ptr();
-            // The four lines [`PREFETCH_BYTES`] ahead (a 210-byte block spans up to four;
-            // a prefetch never faults, `wrapping_add` keeps the address defined).
+            // The four lines PREFETCH_BYTES ahead (a 210-byte block spans up to four).
             for l in 0..4 {
-                let ahead = p.wrapping_add(PREFETCH_BYTES + 64 * l);
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                prefetch_ahead::<_MM_HINT_T0>(p, 64 * l);
             }
             let x = xq[b * super::QK_K..][..super::QK_K].as_ptr();
             // SAFETY (all loads below): offsets stay inside the 210-byte block, the

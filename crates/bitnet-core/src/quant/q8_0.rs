@@ -186,7 +186,7 @@ pub fn dot_q8_scalar(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use crate::cpu::PREFETCH_BYTES;
+    use crate::cpu::prefetch_ahead;
     use std::arch::x86_64::*;
 
     /// Eight i32 lanes of Σ w·x over 32 int8 pairs (x in −127..=127).
@@ -220,9 +220,8 @@ pub(crate) mod avx2 {
         for b in 0..nb {
             let blk = &row[b * super::BLOCK_BYTES..][..super::BLOCK_BYTES];
             if b % 2 == 0 {
-                // One line per 68 bytes, [`PREFETCH_BYTES`] ahead (never faults).
-                let ahead = blk.as_ptr().wrapping_add(PREFETCH_BYTES);
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                // One line per 68 bytes, PREFETCH_BYTES ahead.
+                prefetch_ahead::<_MM_HINT_T0>(blk.as_ptr(), 0);
             }
             // F16C converts exactly, like `half`, whose run-time dispatch is an out-of-line
             // call per block that spills this loop's vector registers. The scale comes in
