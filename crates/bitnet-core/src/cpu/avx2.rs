@@ -22,7 +22,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{prefetch_ahead, OutPtr, XRow, BLOCK_BYTES};
+use super::{OutPtr, Prefetch, XRow, BLOCK_BYTES};
 use crate::quant::ternary::TernaryLayout;
 
 /// Horizontal sum of eight i32 lanes.
@@ -52,7 +52,7 @@ pub(super) fn opaque(mut v: __m256i) -> __m256i {
 /// (one shift, four masks, four `maddubs`, four `paddw`; it was 15 with each code shifted
 /// down: one core 19.2 → 20.3 GB/s from cache, and 1-thread gemv from DRAM 77–82 → 80–86 %
 /// of the read baseline, BENCHMARKS.md eleventh session). Blocks go two at a time (one
-/// 64-byte line), each pair prefetching the line [`PREFETCH_BYTES`](super::PREFETCH_BYTES) ahead; rows are
+/// 64-byte line), each pair prefetching a line [`Prefetch`](super::Prefetch) ahead; rows are
 /// contiguous, so that runs into the following rows (a 64-row task is too short a stream
 /// for the hardware prefetcher alone).
 ///
@@ -61,7 +61,13 @@ pub(super) fn opaque(mut v: __m256i) -> __m256i {
 /// `nb · block_weights` readable bytes.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn row_dot<const T1: bool>(w: *const u8, x: *const i8, nb: usize, acc: &mut __m256i) {
+unsafe fn row_dot<const T1: bool>(
+    w: *const u8,
+    x: *const i8,
+    nb: usize,
+    pf: Prefetch,
+    acc: &mut __m256i,
+) {
     let ones = _mm256_set1_epi16(1);
     let bw = if T1 { 160 } else { 128 };
     let mut b0 = 0;
@@ -119,14 +125,14 @@ unsafe fn row_dot<const T1: bool>(w: *const u8, x: *const i8, nb: usize, acc: &m
                 madd_step!(_mm256_and_si256(raw, mask), 3);
             }
         };
-        // Two blocks (one 64-byte line) per iteration and one prefetch of the line
-        // PREFETCH_BYTES ahead (a parity test per block cost more: BENCHMARKS.md, twelfth
-        // session). The weights are read once: a non-temporal prefetch keeps them from
-        // evicting the token, which every row reads again (1 thread, +3–6 points of the
-        // read baseline on the large shapes; ibid.).
+        // Two blocks (one 64-byte line) per iteration and one prefetch of a line ahead (a
+        // parity test per block cost more: BENCHMARKS.md, twelfth session). The weights
+        // are read once: where the prefetch goes to L1 (AMD), a non-temporal one keeps
+        // them from evicting the token, which every row reads again (1 thread, +3–6
+        // points of the read baseline on the large shapes; ibid.).
         let mut b = b0;
         while b < b1 {
-            prefetch_ahead::<_MM_HINT_NTA>(w, b * BLOCK_BYTES);
+            pf.ahead::<_MM_HINT_NTA>(w, b * BLOCK_BYTES);
             block(b);
             if b + 1 < b1 {
                 block(b + 1);
@@ -176,15 +182,22 @@ pub unsafe fn gemv_rows(layout: TernaryLayout, w: &[u8], rb: usize, x: &XRow<'_>
 unsafe fn gemv_rows_impl<const T1: bool>(w: &[u8], rb: usize, x: &XRow<'_>, out: &mut [i32]) {
     assert!(w.len() >= out.len() * rb);
     let n = out.len();
+    let pf = Prefetch::get();
     for r in 0..n {
         let mut acc = _mm256_setzero_si256();
         // SAFETY: row r is inside `w` (asserted above) with nfull whole blocks and, with a
         // tail, one more; x has nfull whole blocks and the tail one block (XRow's contract).
         unsafe {
             let row = w.as_ptr().add(r * rb);
-            row_dot::<T1>(row, x.x.as_ptr(), x.nfull, &mut acc);
+            row_dot::<T1>(row, x.x.as_ptr(), x.nfull, pf, &mut acc);
             if !x.tail.is_empty() {
-                row_dot::<T1>(row.add(x.nfull * BLOCK_BYTES), x.tail.as_ptr(), 1, &mut acc);
+                row_dot::<T1>(
+                    row.add(x.nfull * BLOCK_BYTES),
+                    x.tail.as_ptr(),
+                    1,
+                    pf,
+                    &mut acc,
+                );
             }
         }
         // I2S rows come out ×4 (see `row_dot`); the sum is a multiple of 4, so the shift

@@ -14,7 +14,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{prefetch_ahead, OutPtr, XRow, BLOCK_BYTES, MAX_BLOCK_WEIGHTS};
+use super::{OutPtr, Prefetch, XRow, BLOCK_BYTES, MAX_BLOCK_WEIGHTS};
 use crate::quant::ternary::TernaryLayout;
 
 /// Codes of one 256-bit block vector, step `s` (AVX2 + AVX-512VL instructions only).
@@ -79,6 +79,7 @@ unsafe fn tile<const T1: bool, const MR: usize, const NR: usize>(
     x: [*const i8; MR],
     b0: usize,
     nb: usize,
+    pf: Prefetch,
     acc: &mut [[__m512i; NR]; MR],
 ) {
     let bw = if T1 { 160 } else { 128 };
@@ -88,10 +89,10 @@ unsafe fn tile<const T1: bool, const MR: usize, const NR: usize>(
     let mut b = b0;
     while b + 2 <= b0 + nb {
         if MR == 1 {
-            // One activation row: a gemv, which streams its weights. Each row's line
-            // PREFETCH_BYTES ahead.
+            // One activation row: a gemv, which streams its weights. Each row's line a
+            // prefetch distance ahead.
             for p in w {
-                prefetch_ahead::<_MM_HINT_T0>(p, b * BLOCK_BYTES);
+                pf.ahead::<_MM_HINT_T0>(p, b * BLOCK_BYTES);
             }
         }
         // SAFETY: blocks b and b+1 of each row are readable (caller's contract).
@@ -157,14 +158,15 @@ unsafe fn tile_dot<const T1: bool, const MR: usize, const NR: usize>(
     has_tail: bool,
 ) -> [[i32; NR]; MR] {
     let mut acc = [[_mm512_setzero_si512(); NR]; MR];
+    let pf = Prefetch::get();
     // SAFETY: forwarded from the caller's contract. The tail block is block `nfull` of the
     // weight rows; its activations live in `tails`, so shift their pointers back by
     // `nfull` blocks' worth (never dereferenced below `tails`: only block `nfull` is read).
     unsafe {
-        tile::<T1, MR, NR>(w, x, 0, nfull, &mut acc);
+        tile::<T1, MR, NR>(w, x, 0, nfull, pf, &mut acc);
         if has_tail {
             let wt = w.map(|p| p.add(nfull * BLOCK_BYTES));
-            tile::<T1, MR, NR>(wt, tails, 0, 1, &mut acc);
+            tile::<T1, MR, NR>(wt, tails, 0, 1, pf, &mut acc);
         }
     }
     acc.map(|row| row.map(|v| _mm512_reduce_add_epi32(v)))

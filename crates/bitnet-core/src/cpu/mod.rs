@@ -48,23 +48,65 @@ pub const ROWS_PER_TASK: usize = 64;
 
 /// How far ahead of their reads the streaming matrix-vector kernels (the AVX2 and AVX-512
 /// ternary gemv, the LM head's Q6_K, Q8_0, int8-row, f16 and bf16 dots) prefetch weights,
-/// in bytes (`prefetch_ahead`: `prefetcht0`, `prefetchnta` in the AVX2 gemv). A distance
-/// in bytes, not rows: the AVX2 gemv's former whole rows two rows ahead (1,280 bytes at
-/// K = 2,560, 3,456 at K = 6,912) left the 2560×6912 gemv at 67–76 % of the read baseline,
-/// against 75–88 % with 2 KiB; on a Xeon the AVX-512 gemv, which had none, went from tg128
-/// 15–16 to 19–21 tok/s on 2 cores. The f32 dot (64 bytes per step) is faster without.
-/// BENCHMARKS.md, eleventh session.
-pub const PREFETCH_BYTES: usize = 2048;
-
-/// Prefetch, with `_mm_prefetch` hint `HINT`, the line [`PREFETCH_BYTES`] past `p + off`.
-/// A prefetch never faults, and `wrapping_add` keeps the address computation defined past
-/// the end of the buffer.
+/// and into which cache level. Chosen once per process from the CPU vendor; both measured
+/// (BENCHMARKS.md, eleventh to thirteenth sessions):
+/// - AMD (a 2-core Zen 3 EPYC): 2 KiB ahead into L1 (`prefetcht0`; `prefetchnta` in the
+///   AVX2 gemv, whose weights would otherwise evict the token). The AVX2 gemv's former
+///   whole rows two rows ahead left 2560×6912 at 67–76 % of the read baseline, against
+///   75–88 % with 2 KiB; an extra L2 prefetch at 6 or 8 KiB gained nothing.
+/// - Intel (2 cores of a Xeon with AMX): 8 KiB ahead into L2 (`prefetcht1`). With the AMD
+///   setting the I2S gemv reached 61–73 % of the read baseline (1 and 2 threads); 8 KiB
+///   into L2 reaches 92–100 % on every 2B-4T shape, into L1 84–87 %, non-temporal 69–86 %.
+///
+/// The f32 dot (64 bytes per step) is faster without.
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(crate) fn prefetch_ahead<const HINT: i32>(p: *const u8, off: usize) {
-    let at = p.wrapping_add(off + PREFETCH_BYTES) as *const i8;
-    // SAFETY: SSE is part of the x86_64 baseline, and a prefetch reads no memory.
-    unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(at) };
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Prefetch {
+    bytes: usize,
+    into_l2: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Prefetch {
+    /// This CPU's setting (read once; pass the value into hot loops).
+    pub(crate) fn get() -> Prefetch {
+        static PLAN: OnceLock<Prefetch> = OnceLock::new();
+        *PLAN.get_or_init(|| {
+            // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
+            #[allow(unused_unsafe)]
+            let id = unsafe { std::arch::x86_64::__cpuid(0) };
+            // "GenuineIntel": EBX "Genu", EDX "ineI", ECX "ntel".
+            let intel = (id.ebx, id.edx, id.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e);
+            if intel {
+                Prefetch {
+                    bytes: 8192,
+                    into_l2: true,
+                }
+            } else {
+                Prefetch {
+                    bytes: 2048,
+                    into_l2: false,
+                }
+            }
+        })
+    }
+
+    /// Prefetch the line `self.bytes` past `p + off`: into L2 where that is this CPU's
+    /// setting, else with `_mm_prefetch` hint `HINT`. A prefetch never faults, and
+    /// `wrapping_add` keeps the address computation defined past the end of the buffer.
+    #[inline(always)]
+    pub(crate) fn ahead<const HINT: i32>(self, p: *const u8, off: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let at = p.wrapping_add(off + self.bytes) as *const i8;
+        // SAFETY: SSE is part of the x86_64 baseline, and a prefetch reads no memory.
+        unsafe {
+            if self.into_l2 {
+                _mm_prefetch::<_MM_HINT_T1>(at)
+            } else {
+                _mm_prefetch::<HINT>(at)
+            }
+        }
+    }
 }
 
 /// A kernel implementation.

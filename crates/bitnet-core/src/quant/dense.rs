@@ -723,7 +723,7 @@ fn dot_i8_blocks(w: &[i8], xq: &[i8], xd: &[f32], feat: Features) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::q8_0::avx2::{hsum, isum32};
-    use crate::cpu::prefetch_ahead;
+    use crate::cpu::Prefetch;
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -754,13 +754,14 @@ mod simd {
     /// Requires AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
+        let pf = Prefetch::get();
         let n = x.len().min(w.len() / 2);
         let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut i = 0;
         while i + 16 <= n {
             if i % 32 == 0 {
-                // One line per 64 bytes, PREFETCH_BYTES ahead.
-                prefetch_ahead::<_MM_HINT_T0>(w.as_ptr(), 2 * i);
+                // One line per 64 bytes, the prefetch distance ahead.
+                pf.ahead::<_MM_HINT_T0>(w.as_ptr(), 2 * i);
             }
             // SAFETY: i + 16 <= n: 32 bytes of w and 16 floats of x are in bounds.
             unsafe {
@@ -786,6 +787,7 @@ mod simd {
     /// Requires AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
+        let pf = Prefetch::get();
         let n = x.len().min(w.len() / 2);
         let mut a0 = _mm256_setzero_ps();
         let mut a1 = _mm256_setzero_ps();
@@ -793,8 +795,8 @@ mod simd {
         // Two accumulators: one FMA chain would bound the loop at 16 bytes per FMA latency.
         while i + 16 <= n {
             if i % 32 == 0 {
-                // One line per 64 bytes, PREFETCH_BYTES ahead.
-                prefetch_ahead::<_MM_HINT_T0>(w.as_ptr(), 2 * i);
+                // One line per 64 bytes, the prefetch distance ahead.
+                pf.ahead::<_MM_HINT_T0>(w.as_ptr(), 2 * i);
             }
             // SAFETY: i + 16 <= n: 32 bytes of w and 16 floats of x are in bounds.
             unsafe {
@@ -818,12 +820,13 @@ mod simd {
     /// Requires AVX2 and FMA; `w`, `xq` hold at least `nb·32` values and `xd` `nb`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_i8_blocks(w: &[i8], xq: &[i8], xd: &[f32], nb: usize) -> f32 {
+        let pf = Prefetch::get();
         assert!(w.len() >= nb * 32 && xq.len() >= nb * 32 && xd.len() >= nb);
         let mut acc = _mm256_setzero_ps();
         for b in 0..nb {
             if b % 2 == 0 {
-                // One line per 64 bytes, PREFETCH_BYTES ahead.
-                prefetch_ahead::<_MM_HINT_T0>(w.as_ptr() as *const u8, 32 * b);
+                // One line per 64 bytes, the prefetch distance ahead.
+                pf.ahead::<_MM_HINT_T0>(w.as_ptr() as *const u8, 32 * b);
             }
             // SAFETY: bounds asserted above.
             let s = unsafe { isum32(w.as_ptr().add(32 * b) as *const u8, xq.as_ptr().add(32 * b)) };

@@ -537,7 +537,7 @@ pub fn dot_q8k_scalar(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use crate::cpu::prefetch_ahead;
+    use crate::cpu::Prefetch;
     use std::arch::x86_64::*;
 
     /// `pshufb` mask that puts the even scale bytes of a super-block first and the odd ones
@@ -575,6 +575,7 @@ mod avx2 {
     /// Requires AVX2 and F16C.
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn dot_q8k(row: &[u8], xq: &[i8], xd: &[f32], bsums: &[i16]) -> f32 {
+        let pf = Prefetch::get();
         let nb = (row.len() / super::BLOCK_BYTES)
             .min(xq.len() / super::QK_K)
             .min(xd.len())
@@ -597,9 +598,9 @@ mod avx2 {
         let mut acc = 0f32;
         for b in 0..nb {
             let p = row[b * super::BLOCK_BYTES..][..super::BLOCK_BYTES].as_ptr();
-            // The four lines PREFETCH_BYTES ahead (a 210-byte block spans up to four).
+            // The four lines the prefetch distance ahead (a 210-byte block spans up to four).
             for l in 0..4 {
-                prefetch_ahead::<_MM_HINT_T0>(p, 64 * l);
+                pf.ahead::<_MM_HINT_T0>(p, 64 * l);
             }
             let x = xq[b * super::QK_K..][..super::QK_K].as_ptr();
             // SAFETY (all loads below): offsets stay inside the 210-byte block, the

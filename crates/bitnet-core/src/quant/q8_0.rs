@@ -186,7 +186,7 @@ pub fn dot_q8_scalar(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use crate::cpu::prefetch_ahead;
+    use crate::cpu::Prefetch;
     use std::arch::x86_64::*;
 
     /// Eight i32 lanes of Σ w·x over 32 int8 pairs (x in −127..=127).
@@ -213,6 +213,7 @@ pub(crate) mod avx2 {
     /// Requires AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q8(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        let pf = Prefetch::get();
         let nb = (row.len() / super::BLOCK_BYTES)
             .min(xq.len() / super::QK)
             .min(xd.len());
@@ -220,8 +221,8 @@ pub(crate) mod avx2 {
         for b in 0..nb {
             let blk = &row[b * super::BLOCK_BYTES..][..super::BLOCK_BYTES];
             if b % 2 == 0 {
-                // One line per 68 bytes, PREFETCH_BYTES ahead.
-                prefetch_ahead::<_MM_HINT_T0>(blk.as_ptr(), 0);
+                // One line per 68 bytes, the prefetch distance ahead.
+                pf.ahead::<_MM_HINT_T0>(blk.as_ptr(), 0);
             }
             // F16C converts exactly, like `half`, whose run-time dispatch is an out-of-line
             // call per block that spills this loop's vector registers. The scale comes in
