@@ -227,9 +227,12 @@ pub fn available_paths() -> Vec<KernelPath> {
 
 /// The fastest available path.
 pub fn best_path() -> KernelPath {
-    *available_paths()
-        .last()
-        .expect("the scalar path is always available")
+    static BEST: OnceLock<KernelPath> = OnceLock::new();
+    *BEST.get_or_init(|| {
+        *available_paths()
+            .last()
+            .expect("the scalar path is always available")
+    })
 }
 
 /// 0 = no override, otherwise 1 + index into `KernelPath::ALL`.

@@ -542,7 +542,8 @@ impl DenseMatrix {
             }
             DenseMatrix::Q6K { data, .. } => {
                 let nb = cols / q6_k::QK_K;
-                q6_k::dot_q8k_bsums(
+                q6_k::dot_q8k_bsums_with(
+                    feat.q6k,
                     &data[r * st..(r + 1) * st],
                     &act.q[i * cols..(i + 1) * cols],
                     &act.d[i * nb..(i + 1) * nb],
@@ -633,6 +634,7 @@ impl Act {
 struct Features {
     avx2_fma: bool,
     f16c: bool,
+    q6k: q6_k::DotKernel,
 }
 
 impl Features {
@@ -644,12 +646,14 @@ impl Features {
             Features {
                 avx2_fma,
                 f16c: avx2_fma && std::arch::is_x86_feature_detected!("f16c"),
+                q6k: q6_k::DotKernel::detect(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         Features {
             avx2_fma: false,
             f16c: false,
+            q6k: q6_k::DotKernel::Scalar,
         }
     }
 }
@@ -1009,6 +1013,7 @@ mod tests {
         let scalar = Features {
             avx2_fma: false,
             f16c: false,
+            q6k: q6_k::DotKernel::Scalar,
         };
         let fast = Features::detect();
         let wf: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();

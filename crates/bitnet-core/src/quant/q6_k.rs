@@ -480,8 +480,7 @@ pub fn dot_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
                 &mut heap
             };
             q8k_bsums(xq, bsums);
-            // SAFETY: AVX2 and F16C were detected at run time.
-            return unsafe { avx2::dot_q8k(row, xq, xd, bsums) };
+            return dot_q8k_bsums(row, xq, xd, bsums);
         }
     }
     dot_q8k_scalar(row, xq, xd)
@@ -498,17 +497,63 @@ pub fn q8k_bsums(xq: &[i8], out: &mut [i16]) {
 /// [`dot_q8k`] with the activations' 16-value sums ([`q8k_bsums`]) computed beforehand,
 /// once per activation vector rather than once per row. Same result, bit for bit.
 pub fn dot_q8k_bsums(row: &[u8], xq: &[i8], xd: &[f32], bsums: &[i16]) -> f32 {
+    dot_q8k_bsums_with(DotKernel::detect(), row, xq, xd, bsums)
+}
+
+/// Which implementation of the Q6_K × Q8_K dot runs; all give the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DotKernel {
+    Scalar,
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("f16c")
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl DotKernel {
+    /// The fastest this CPU runs: AVX-512 (BW, VNNI) when the kernel path in force
+    /// (`BITNET_KERNEL`, [`crate::cpu::set_forced_path`]) is AVX-512 or AMX, so that forcing
+    /// `avx2` measures the AVX2 head too; else AVX2 with F16C; else scalar.
+    pub(crate) fn detect() -> DotKernel {
+        #[cfg(target_arch = "x86_64")]
         {
-            // SAFETY: AVX2 and F16C were detected at run time.
-            return unsafe { avx2::dot_q8k(row, xq, xd, bsums) };
+            use crate::cpu::KernelPath;
+            use std::arch::is_x86_feature_detected as has;
+            if has!("f16c") {
+                let wide = matches!(
+                    crate::cpu::active_path(),
+                    Ok(KernelPath::Avx512Vnni | KernelPath::Amx)
+                );
+                if wide && has!("avx512bw") && has!("avx512vnni") {
+                    return DotKernel::Avx512;
+                }
+                if has!("avx2") {
+                    return DotKernel::Avx2;
+                }
+            }
         }
+        DotKernel::Scalar
     }
-    let _ = bsums;
-    dot_q8k_scalar(row, xq, xd)
+}
+
+/// [`dot_q8k_bsums`] on a kernel chosen beforehand ([`DotKernel::detect`], once per matrix
+/// product rather than per row).
+pub(crate) fn dot_q8k_bsums_with(
+    kernel: DotKernel,
+    row: &[u8],
+    xq: &[i8],
+    xd: &[f32],
+    bsums: &[i16],
+) -> f32 {
+    match kernel {
+        // SAFETY: `detect` found the features at run time.
+        #[cfg(target_arch = "x86_64")]
+        DotKernel::Avx512 => unsafe { avx512::dot_q8k(row, xq, xd, bsums) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        DotKernel::Avx2 => unsafe { avx2::dot_q8k(row, xq, xd, bsums) },
+        DotKernel::Scalar => dot_q8k_scalar(row, xq, xd),
+    }
 }
 
 /// Scalar version of [`dot_q8k`].
@@ -533,6 +578,30 @@ pub fn dot_q8k_scalar(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
         acc += block_d(b) * dx * isum as f32;
     }
     acc
+}
+
+/// The super-block scale `d` (f16 bytes 208..210 of a block at `p`) as f32, on x86 with
+/// F16C. The bits go into a vector register with `vmovd` (zero-extending) from an asm
+/// block: from intrinsics, LLVM loads them with `vpinsrw`, which merges into whatever
+/// register it picks, and it picked the dot's accumulator, so every block waited for
+/// the previous one: 17 GB/s on one core from cache, AVX2 and AVX-512 alike.
+///
+/// # Safety
+/// F16C and AVX available; `p` points at a whole block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+#[inline]
+unsafe fn block_d_f16c(p: *const u8) -> f32 {
+    use std::arch::x86_64::*;
+    // SAFETY: bytes 208..210 are inside the 210-byte block.
+    let bits = unsafe { u16::from_le_bytes([*p.add(208), *p.add(209)]) } as u32;
+    let v: __m128i;
+    // SAFETY: a register move; reads no memory.
+    unsafe {
+        std::arch::asm!("vmovd {v}, {b:e}", v = out(xmm_reg) v, b = in(reg) bits,
+            options(pure, nomem, nostack))
+    };
+    _mm_cvtss_f32(_mm_cvtph_ps(v))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -654,12 +723,117 @@ mod avx2 {
             let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
             let isum = _mm_cvtsi128_si32(s);
             // F16C converts exactly, like `half` (whose run-time dispatch is an out-of-line
-            // call that spills every vector register of this loop). d (bytes 208..210) is
-            // lane 3 of the 8-byte load ending at the block's end: a 16-bit insert into a
-            // register can merge into, and so wait for, an unrelated one.
-            // SAFETY: bytes 202..210 are inside the 210-byte block.
-            let h = _mm_cvtph_ps(unsafe { _mm_loadl_epi64(p.add(202) as *const __m128i) });
-            let d = _mm_cvtss_f32(_mm_permute_ps::<3>(h));
+            // call that spills every vector register of this loop).
+            // SAFETY: p is a whole block.
+            let d = unsafe { super::block_d_f16c(p) };
+            acc += d * xd[b] * isum as f32;
+        }
+        acc
+    }
+}
+
+/// AVX-512 (BW + VNNI) version of the AVX2 kernel: 64 weights per vector, so a half
+/// super-block is two vectors, and `vpdpwssd` applies the group scales and accumulates in
+/// one instruction. The integer sums are exact and the float accumulation is the scalar
+/// kernel's, so the result is bit-identical.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use crate::cpu::Prefetch;
+    use std::arch::x86_64::*;
+
+    /// `vpermw` indices that spread four 16-weight group scales over the 32 i16 lanes of a
+    /// 64-weight vector (lanes 8g..8g+8 hold the `maddubs` pairs of group g): vector `v`
+    /// of a super-block takes scales 4v..4v+4. Vectors 0 and 2 are the low nibbles of
+    /// each half (weights 0..64 of the half), 1 and 3 the high nibbles (64..128).
+    const fn scale_index() -> [[u16; 32]; 4] {
+        let mut m = [[0u16; 32]; 4];
+        let mut v = 0;
+        while v < 4 {
+            let mut i = 0;
+            while i < 32 {
+                m[v][i] = (4 * v + i / 8) as u16;
+                i += 1;
+            }
+            v += 1;
+        }
+        m
+    }
+    static SCALE_INDEX: [[u16; 32]; 4] = scale_index();
+
+    /// # Safety
+    /// Requires AVX-512 F, BW, VNNI and F16C.
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dot_q8k(row: &[u8], xq: &[i8], xd: &[f32], bsums: &[i16]) -> f32 {
+        let pf = Prefetch::get();
+        let nb = (row.len() / super::BLOCK_BYTES)
+            .min(xq.len() / super::QK_K)
+            .min(xd.len())
+            .min(bsums.len() / 16);
+        let m4 = _mm512_set1_epi8(0x0F);
+        let m30 = _mm512_set1_epi8(0x30);
+        // The high bits of a half's low-nibble vector: qh << 4 for weights 0..32 (bits
+        // 0-1), << 2 for 32..64 (bits 2-3); of its high-nibble vector: qh >> 0 for 64..96
+        // (bits 4-5), >> 2 for 96..128 (bits 6-7). 16-bit shifts are fine: the mask keeps
+        // only bits of the same byte.
+        let lo_shift = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
+        let hi_shift = _mm512_inserti64x4::<1>(_mm512_set1_epi16(0), _mm256_set1_epi16(2));
+        // SAFETY: each index table is 64 bytes.
+        let idx: [__m512i; 4] = [0, 1, 2, 3]
+            .map(|v| unsafe { _mm512_loadu_si512(SCALE_INDEX[v].as_ptr() as *const _) });
+        let mut acc = 0f32;
+        for b in 0..nb {
+            let p = row[b * super::BLOCK_BYTES..][..super::BLOCK_BYTES].as_ptr();
+            // The four lines a prefetch distance ahead (a 210-byte block spans up to four).
+            for l in 0..4 {
+                pf.ahead::<_MM_HINT_T0>(p, 64 * l);
+            }
+            let x = xq[b * super::QK_K..][..super::QK_K].as_ptr();
+            // SAFETY (all loads below): offsets stay inside the 210-byte block, the
+            // 256-value x block and the 16 bsums of this block.
+            let sc = unsafe { _mm_loadu_si128(p.add(192) as *const __m128i) };
+            let bs = unsafe { _mm256_loadu_si256(bsums.as_ptr().add(16 * b) as *const __m256i) };
+            let sc16 = _mm256_cvtepi8_epi16(sc);
+            // Σ_j scale_j·bsum_j (8 lanes), subtracted ×32 at the end.
+            let corr = _mm256_madd_epi16(sc16, bs);
+            let sc16 = _mm512_castsi256_si512(sc16);
+            let mut isum = _mm512_setzero_si512();
+            for h in 0..2 {
+                let (ql, qh) = unsafe {
+                    (
+                        _mm512_loadu_si512(p.add(64 * h) as *const _),
+                        _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                            p.add(128 + 32 * h) as *const __m256i
+                        )),
+                    )
+                };
+                let q = [
+                    _mm512_or_si512(
+                        _mm512_and_si512(ql, m4),
+                        _mm512_and_si512(_mm512_sllv_epi16(qh, lo_shift), m30),
+                    ),
+                    _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+                        _mm512_and_si512(_mm512_srlv_epi16(qh, hi_shift), m30),
+                    ),
+                ];
+                for (k, qk) in q.iter().enumerate() {
+                    let xv = unsafe { _mm512_loadu_si512(x.add(128 * h + 64 * k) as *const _) };
+                    let prod = _mm512_maddubs_epi16(*qk, xv);
+                    let s = _mm512_permutexvar_epi16(idx[2 * h + k], sc16);
+                    isum = _mm512_dpwssd_epi32(isum, prod, s);
+                }
+            }
+            let v = _mm256_add_epi32(
+                _mm512_castsi512_si256(isum),
+                _mm512_extracti64x4_epi64::<1>(isum),
+            );
+            let v = _mm256_sub_epi32(v, _mm256_slli_epi32::<5>(corr));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            let isum = _mm_cvtsi128_si32(s);
+            // SAFETY: p is a whole block.
+            let d = unsafe { super::block_d_f16c(p) };
             acc += d * xd[b] * isum as f32;
         }
         acc
@@ -791,11 +965,28 @@ mod tests {
         let mut xd = vec![0f32; cols / QK_K];
         quantize_act_q8k(&x, &mut xq, &mut xd);
         let rb = row_bytes(cols);
+        let mut bsums = vec![0i16; cols / 16];
+        q8k_bsums(&xq, &mut bsums);
         for r in 0..rows {
             let row = &b[r * rb..(r + 1) * rb];
             let s = dot_q8k_scalar(row, &xq, &xd);
             let v = dot_q8k(row, &xq, &xd);
             assert_eq!(s.to_bits(), v.to_bits(), "row {r}: {s} {v}");
+            // Each SIMD kernel on its own, whichever the dispatch picks.
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx2") && has!("f16c") {
+                    // SAFETY: features detected.
+                    let v = unsafe { avx2::dot_q8k(row, &xq, &xd, &bsums) };
+                    assert_eq!(s.to_bits(), v.to_bits(), "avx2 row {r}: {s} {v}");
+                }
+                if has!("avx512bw") && has!("avx512vnni") && has!("f16c") {
+                    // SAFETY: features detected.
+                    let v = unsafe { avx512::dot_q8k(row, &xq, &xd, &bsums) };
+                    assert_eq!(s.to_bits(), v.to_bits(), "avx512 row {r}: {s} {v}");
+                }
+            }
         }
     }
 
