@@ -463,7 +463,7 @@ pub fn quantize_act_q8k(x: &[f32], xq: &mut [i8], xd: &mut [f32]) {
 }
 
 /// Dot of a Q6_K row with Q8_K activations: `Σ_blocks d·xd·Σ_j scale_j·Σ (q−32)·xq`.
-/// Uses AVX2 when available; the integer sums are exact either way.
+/// Uses AVX-512 (BW, VNNI) or AVX2 when available; the integer sums are exact either way.
 pub fn dot_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
