@@ -498,7 +498,12 @@ impl DenseMatrix {
             .enumerate()
             .for_each(|(ci, oc)| {
                 let r0 = ci * chunk_rows;
-                for (k, orow) in oc.chunks_exact_mut(m).enumerate() {
+                let done = if m == 1 {
+                    self.q6k_rows_x4(r0, st, &act, feat, oc)
+                } else {
+                    0
+                };
+                for (k, orow) in oc.chunks_exact_mut(m).enumerate().skip(done) {
                     let r = r0 + k;
                     for (i, o) in orow.iter_mut().enumerate() {
                         *o = self.row_dot(r, st, i, x, cols, &act, feat);
@@ -513,6 +518,40 @@ impl DenseMatrix {
             }
         }
         Ok(())
+    }
+
+    /// One vector (`m` = 1) times a Q6_K matrix four rows at a time, where the dot kernel
+    /// has a four-row form: fills `out` (rows `r0..`) in groups of four and returns how
+    /// many rows it did (0 for other kinds and kernels).
+    fn q6k_rows_x4(
+        &self,
+        r0: usize,
+        st: usize,
+        act: &Act,
+        feat: Features,
+        out: &mut [f32],
+    ) -> usize {
+        let DenseMatrix::Q6K { data, cols, .. } = self else {
+            return 0;
+        };
+        let nb = cols / q6_k::QK_K;
+        let mut done = 0;
+        for (g, o) in out.chunks_exact_mut(4).enumerate() {
+            let r = r0 + 4 * g;
+            let rows = [0, 1, 2, 3].map(|j| &data[(r + j) * st..(r + j + 1) * st]);
+            match q6_k::dot_q8k_bsums_x4(
+                feat.q6k,
+                rows,
+                &act.q[..*cols],
+                &act.d[..nb],
+                &act.bsums[..cols / 16],
+            ) {
+                Some(v) => o.copy_from_slice(&v),
+                None => return 0,
+            }
+            done += 4;
+        }
+        done
     }
 
     #[inline]

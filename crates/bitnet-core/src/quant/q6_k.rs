@@ -556,6 +556,24 @@ pub(crate) fn dot_q8k_bsums_with(
     }
 }
 
+/// Four rows at once where the kernel has a multi-row form (AVX-512: one activation load
+/// for four rows, four weight streams in flight), each result bit-identical to
+/// [`dot_q8k_bsums_with`]; `None` where it has not (call per row).
+pub(crate) fn dot_q8k_bsums_x4(
+    kernel: DotKernel,
+    rows: [&[u8]; 4],
+    xq: &[i8],
+    xd: &[f32],
+    bsums: &[i16],
+) -> Option<[f32; 4]> {
+    match kernel {
+        // SAFETY: `detect` found the features at run time.
+        #[cfg(target_arch = "x86_64")]
+        DotKernel::Avx512 => Some(unsafe { avx512::dot_q8k_rows::<4>(rows, xq, xd, bsums) }),
+        _ => None,
+    }
+}
+
 /// Scalar version of [`dot_q8k`].
 pub fn dot_q8k_scalar(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     let mut q = [0u8; QK_K];
@@ -764,11 +782,28 @@ mod avx512 {
     /// Requires AVX-512 F, BW, VNNI and F16C.
     #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vnni")]
     pub unsafe fn dot_q8k(row: &[u8], xq: &[i8], xd: &[f32], bsums: &[i16]) -> f32 {
+        // SAFETY: forwarded.
+        unsafe { dot_q8k_rows::<1>([row], xq, xd, bsums)[0] }
+    }
+
+    /// `R` rows at once (each row's result as [`dot_q8k`] gives it, bit for bit): one
+    /// activation load serves all rows, and `R` weight streams are in flight.
+    ///
+    /// # Safety
+    /// Requires AVX-512 F, BW, VNNI and F16C; the rows have the same length.
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dot_q8k_rows<const R: usize>(
+        rows: [&[u8]; R],
+        xq: &[i8],
+        xd: &[f32],
+        bsums: &[i16],
+    ) -> [f32; R] {
         let pf = Prefetch::get();
-        let nb = (row.len() / super::BLOCK_BYTES)
+        let nb = (rows[0].len() / super::BLOCK_BYTES)
             .min(xq.len() / super::QK_K)
             .min(xd.len())
             .min(bsums.len() / 16);
+        assert!(rows.iter().all(|r| r.len() >= nb * super::BLOCK_BYTES));
         let m4 = _mm512_set1_epi8(0x0F);
         let m30 = _mm512_set1_epi8(0x30);
         // The high bits of a half's low-nibble vector: qh << 4 for weights 0..32 (bits
@@ -777,64 +812,85 @@ mod avx512 {
         // only bits of the same byte.
         let lo_shift = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
         let hi_shift = _mm512_inserti64x4::<1>(_mm512_set1_epi16(0), _mm256_set1_epi16(2));
-        // SAFETY: each index table is 64 bytes.
-        let idx: [__m512i; 4] = [0, 1, 2, 3]
-            .map(|v| unsafe { _mm512_loadu_si512(SCALE_INDEX[v].as_ptr() as *const _) });
-        let mut acc = 0f32;
+        let mut idx = [_mm512_setzero_si512(); 4];
+        for (v, i) in idx.iter_mut().enumerate() {
+            // SAFETY: each index table is 64 bytes.
+            *i = unsafe { _mm512_loadu_si512(SCALE_INDEX[v].as_ptr() as *const _) };
+        }
+        let mut acc = [0f32; R];
         for b in 0..nb {
-            let p = row[b * super::BLOCK_BYTES..][..super::BLOCK_BYTES].as_ptr();
-            // The four lines a prefetch distance ahead (a 210-byte block spans up to four).
-            for l in 0..4 {
-                pf.ahead::<_MM_HINT_T0>(p, 64 * l);
-            }
-            let x = xq[b * super::QK_K..][..super::QK_K].as_ptr();
-            // SAFETY (all loads below): offsets stay inside the 210-byte block, the
-            // 256-value x block and the 16 bsums of this block.
-            let sc = unsafe { _mm_loadu_si128(p.add(192) as *const __m128i) };
-            let bs = unsafe { _mm256_loadu_si256(bsums.as_ptr().add(16 * b) as *const __m256i) };
-            let sc16 = _mm256_cvtepi8_epi16(sc);
-            // Σ_j scale_j·bsum_j (8 lanes), subtracted ×32 at the end.
-            let corr = _mm256_madd_epi16(sc16, bs);
-            let sc16 = _mm512_castsi256_si512(sc16);
-            let mut isum = _mm512_setzero_si512();
-            for h in 0..2 {
-                let (ql, qh) = unsafe {
-                    (
-                        _mm512_loadu_si512(p.add(64 * h) as *const _),
-                        _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                            p.add(128 + 32 * h) as *const __m256i
-                        )),
-                    )
-                };
-                let q = [
-                    _mm512_or_si512(
-                        _mm512_and_si512(ql, m4),
-                        _mm512_and_si512(_mm512_sllv_epi16(qh, lo_shift), m30),
-                    ),
-                    _mm512_or_si512(
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
-                        _mm512_and_si512(_mm512_srlv_epi16(qh, hi_shift), m30),
-                    ),
-                ];
-                for (k, qk) in q.iter().enumerate() {
-                    let xv = unsafe { _mm512_loadu_si512(x.add(128 * h + 64 * k) as *const _) };
-                    let prod = _mm512_maddubs_epi16(*qk, xv);
-                    let s = _mm512_permutexvar_epi16(idx[2 * h + k], sc16);
-                    isum = _mm512_dpwssd_epi32(isum, prod, s);
+            let mut p = [std::ptr::null::<u8>(); R];
+            for r in 0..R {
+                p[r] = rows[r][b * super::BLOCK_BYTES..][..super::BLOCK_BYTES].as_ptr();
+                // The four lines a prefetch distance ahead (a 210-byte block spans up to
+                // four).
+                for l in 0..4 {
+                    pf.ahead::<_MM_HINT_T0>(p[r], 64 * l);
                 }
             }
-            let v = _mm256_add_epi32(
-                _mm512_castsi512_si256(isum),
-                _mm512_extracti64x4_epi64::<1>(isum),
-            );
-            let v = _mm256_sub_epi32(v, _mm256_slli_epi32::<5>(corr));
-            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-            let isum = _mm_cvtsi128_si32(s);
-            // SAFETY: p is a whole block.
-            let d = unsafe { super::block_d_f16c(p) };
-            acc += d * xd[b] * isum as f32;
+            let x = xq[b * super::QK_K..][..super::QK_K].as_ptr();
+            // SAFETY: the 16 bsums of this block.
+            let bs = unsafe { _mm256_loadu_si256(bsums.as_ptr().add(16 * b) as *const __m256i) };
+            let mut isum = [_mm512_setzero_si512(); R];
+            let mut corr = [_mm256_setzero_si256(); R];
+            let mut sc16 = [_mm512_setzero_si512(); R];
+            for r in 0..R {
+                // SAFETY (all loads below): offsets stay inside the 210-byte blocks and
+                // the 256-value x block.
+                let sc = _mm256_cvtepi8_epi16(unsafe {
+                    _mm_loadu_si128(p[r].add(192) as *const __m128i)
+                });
+                // Σ_j scale_j·bsum_j (8 lanes), subtracted ×32 at the end.
+                corr[r] = _mm256_madd_epi16(sc, bs);
+                sc16[r] = _mm512_castsi256_si512(sc);
+            }
+            for h in 0..2 {
+                let xv = unsafe {
+                    [
+                        _mm512_loadu_si512(x.add(128 * h) as *const _),
+                        _mm512_loadu_si512(x.add(128 * h + 64) as *const _),
+                    ]
+                };
+                for r in 0..R {
+                    let (ql, qh) = unsafe {
+                        (
+                            _mm512_loadu_si512(p[r].add(64 * h) as *const _),
+                            _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                                p[r].add(128 + 32 * h) as *const __m256i
+                            )),
+                        )
+                    };
+                    let q = [
+                        _mm512_or_si512(
+                            _mm512_and_si512(ql, m4),
+                            _mm512_and_si512(_mm512_sllv_epi16(qh, lo_shift), m30),
+                        ),
+                        _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+                            _mm512_and_si512(_mm512_srlv_epi16(qh, hi_shift), m30),
+                        ),
+                    ];
+                    for k in 0..2 {
+                        let prod = _mm512_maddubs_epi16(q[k], xv[k]);
+                        let s = _mm512_permutexvar_epi16(idx[2 * h + k], sc16[r]);
+                        isum[r] = _mm512_dpwssd_epi32(isum[r], prod, s);
+                    }
+                }
+            }
+            for r in 0..R {
+                let v = _mm256_add_epi32(
+                    _mm512_castsi512_si256(isum[r]),
+                    _mm512_extracti64x4_epi64::<1>(isum[r]),
+                );
+                let v = _mm256_sub_epi32(v, _mm256_slli_epi32::<5>(corr[r]));
+                let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+                let isum = _mm_cvtsi128_si32(s);
+                // SAFETY: p[r] is a whole block.
+                let d = unsafe { super::block_d_f16c(p[r]) };
+                acc[r] += d * xd[b] * isum as f32;
+            }
         }
         acc
     }
@@ -985,6 +1041,15 @@ mod tests {
                     // SAFETY: features detected.
                     let v = unsafe { avx512::dot_q8k(row, &xq, &xd, &bsums) };
                     assert_eq!(s.to_bits(), v.to_bits(), "avx512 row {r}: {s} {v}");
+                    if r % 4 == 0 {
+                        let four = [0, 1, 2, 3].map(|j| &b[(r + j) * rb..(r + j + 1) * rb]);
+                        // SAFETY: features detected.
+                        let v4 = unsafe { avx512::dot_q8k_rows::<4>(four, &xq, &xd, &bsums) };
+                        for (j, v) in v4.into_iter().enumerate() {
+                            let s = dot_q8k_scalar(four[j], &xq, &xd);
+                            assert_eq!(s.to_bits(), v.to_bits(), "avx512 ×4 row {}", r + j);
+                        }
+                    }
                 }
             }
         }
