@@ -32,8 +32,9 @@ use rayon::prelude::*;
 
 const SHAPES: [(usize, usize); 4] = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)];
 const THREADS: [usize; 2] = [1, 2];
-/// Total bytes cycled over per gemv benchmark: 8× a 32 MiB L3 (AMD's L3 keeps part of a
-/// cyclic stream only 2–3× its size, so a smaller set inflates the read baseline most).
+/// Total bytes cycled over per gemv benchmark: 8× the EPYC's 32 MiB L3 (AMD's L3 keeps part
+/// of a cyclic stream only 2–3× its size, so a smaller set inflates the read baseline most).
+/// On the Xeon VM (504 MiB of L3 shared with the host) 256 MiB reads at the rate of 1–4 GiB.
 const COLD_BYTES: usize = 256 << 20;
 const GEMM_M: usize = 128;
 
