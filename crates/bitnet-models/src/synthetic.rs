@@ -48,7 +48,7 @@ fn random_i2s(rows: usize, cols: usize, seed: u64) -> Vec<u8> {
         .map(|b| b as u8)
         .filter(|b| (0..4).all(|i| (b >> (2 * i)) & 3 != 3))
         .collect();
-    let mut out = vec![0u8; rows * cols / 4];
+    let mut out = bitnet_core::memory::weight_buffer(rows * cols / 4);
     fill_parallel(&mut out, seed, |r| {
         valid[(r.next() % valid.len() as u64) as usize]
     });
@@ -60,7 +60,7 @@ fn random_i2s(rows: usize, cols: usize, seed: u64) -> Vec<u8> {
 fn random_q6k(rows: usize, cols: usize, seed: u64) -> Vec<u8> {
     const BLOCK: usize = 210;
     let nblocks = rows * cols / 256;
-    let mut out = vec![0u8; nblocks * BLOCK];
+    let mut out = bitnet_core::memory::weight_buffer(nblocks * BLOCK);
     fill_parallel(&mut out, seed, |r| r.next() as u8);
     let d = f16::from_f32(1e-4).to_le_bytes();
     out.par_chunks_mut(BLOCK).for_each(|b| {

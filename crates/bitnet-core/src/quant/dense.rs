@@ -428,7 +428,7 @@ impl DenseMatrix {
             _ => return Self::from_f32(&self.to_f32()?, rows, cols, kind),
         };
         const ROWS: usize = 64;
-        let mut out = vec![0u8; rows * row_bytes];
+        let mut out = crate::memory::weight_buffer(rows * row_bytes);
         if row_bytes > 0 {
             out.par_chunks_mut(ROWS * row_bytes)
                 .enumerate()

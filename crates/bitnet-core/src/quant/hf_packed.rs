@@ -40,7 +40,7 @@ pub fn pack(trits: &[i8], out_features: usize, in_features: usize) -> Result<Vec
             ),
         ));
     }
-    let mut out = vec![0u8; pr * k];
+    let mut out = crate::memory::weight_buffer(pr * k);
     for i in 0..4 {
         for r in 0..pr {
             let src = &trits[(i * pr + r) * k..][..k];

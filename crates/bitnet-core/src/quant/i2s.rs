@@ -96,7 +96,7 @@ fn code_of(t: i8) -> u8 {
 pub fn pack(trits: &[i8], rows: usize, cols: usize) -> Vec<u8> {
     let n = check_shape(rows, cols).expect("i2s::pack: shape");
     assert_eq!(trits.len(), n, "i2s::pack: trits length");
-    let mut out = vec![0u8; n / 4];
+    let mut out = crate::memory::weight_buffer(n / 4);
     for (blk, tb) in out
         .chunks_exact_mut(BLOCK_BYTES)
         .zip(trits.chunks_exact(QK))

@@ -75,7 +75,7 @@ pub fn quantize_row(x: &[f32], out: &mut [u8]) -> Result<()> {
 pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Result<Vec<u8>> {
     let n = check_shape(rows, cols)?;
     BLOCKS.check_values(x, n)?;
-    let mut out = vec![0u8; BLOCKS.size_of(n)];
+    let mut out = crate::memory::weight_buffer(BLOCKS.size_of(n));
     quantize_row(x, &mut out)?;
     Ok(out)
 }

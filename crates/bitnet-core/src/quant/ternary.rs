@@ -109,7 +109,7 @@ impl TernaryMatrix {
         }
         let row_bytes = layout.row_bytes(cols);
         let bw = layout.block_weights();
-        let mut data = vec![0u8; rows * row_bytes];
+        let mut data = crate::memory::weight_buffer(rows * row_bytes);
         // Trit k of a row, zero past `cols` (the padding).
         let at = |row: &[i8], k: usize| if k < cols { row[k] } else { 0 };
         for (r, out) in data
