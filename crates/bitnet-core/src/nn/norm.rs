@@ -132,7 +132,7 @@ mod avx2 {
         let a = act::multiplier(absmax);
         let av = _mm256_set1_ps(a);
         let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
-        let magic = _mm256_set1_ps(12_582_912.0);
+        let magic = _mm256_set1_ps(act::ROUND_MAGIC);
         // One step: 8 codes as i32 (round half to even by the 1.5·2^23 trick after the
         // clamp, as `act::round_to_i8`; NaN lanes 0, as `as i8` makes them).
         let codes = |i: usize| {

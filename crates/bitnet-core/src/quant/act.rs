@@ -39,9 +39,11 @@ pub fn quantize(x: &[f32], q: &mut [i8]) -> f32 {
 /// `rintf` on baseline x86-64, this stays inline and vectorizes. NaN becomes 0.
 #[inline(always)]
 pub fn round_to_i8(v: f32) -> i8 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
-    ((v.clamp(-128.0, 127.0) + MAGIC) - MAGIC) as i8
+    ((v.clamp(-128.0, 127.0) + ROUND_MAGIC) - ROUND_MAGIC) as i8
 }
+
+/// 1.5 · 2^23: adding and subtracting it rounds |v| < 2^22 half to even ([`round_to_i8`]).
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// Quantize with a known multiplier `a` (see [`multiplier`]).
 #[inline]
