@@ -393,19 +393,32 @@ fn rope_kv_append_and_attention_match_cpu() {
             eprintln!("rope+kv exact, attention rel err {e:.1e}: heads {nh}/{nkv} hd {hd} m {m} pos {pos}");
             if m == 1 {
                 // The split-over-positions decode kernel (twice: before sm_90 its per-head
-                // counters must be back at zero after each launch).
-                for rep in 0..2 {
+                // counters must be back at zero after each launch; then the wide form).
+                for rep in 0..3 {
+                    let wide = rep == 2;
                     out.fill_bytes(&s, 0xFF).unwrap();
-                    attention_decode(&dev, &s, &dqkv, &kc, &vc, &mut out, &dctl, d, &mut scratch)
-                        .unwrap();
+                    attention_decode(
+                        &dev,
+                        &s,
+                        &dqkv,
+                        &kc,
+                        &vc,
+                        &mut out,
+                        &dctl,
+                        d,
+                        &mut scratch,
+                        wide,
+                    )
+                    .unwrap();
                     let e = rel_err(&out.read(&s, qd).unwrap(), &co);
                     assert!(
                         e <= 1e-5,
                         "decode attention rel err {e} (heads {nh}/{nkv}, pos {pos}, rep {rep})"
                     );
-                    if rep == 1 {
+                    if rep > 0 {
                         eprintln!(
-                            "decode attention rel err {e:.1e}: heads {nh}/{nkv} hd {hd} pos {pos}"
+                            "decode attention rel err {e:.1e}: heads {nh}/{nkv} hd {hd} pos {pos}{}",
+                            if wide { " (wide)" } else { "" }
                         );
                     }
                 }

@@ -80,18 +80,25 @@ fn latency_kernels(dev: &CudaDevice, s: &Stream, table: &mut Vec<String>) -> R<(
     let dq = dev.upload(s, &qkv)?;
     let mut out = dev.alloc::<f32>(d.n_heads * d.head_dim)?;
     let mut scratch = DecodeScratch::new(dev, s, d, d.max_ctx)?;
-    for pos in [64i32, 576] {
+    for (pos, wide) in [
+        (64i32, false),
+        (576, false),
+        (576, true),
+        (1000, false),
+        (1000, true),
+    ] {
         let dctl = dev.upload(s, &[pos, 1, 0])?;
         let ms = time_graph(s, 7, &mut || {
             for (k, v) in &kvs {
-                attention_decode(dev, s, &dq, k, v, &mut out, &dctl, d, &mut scratch)?;
+                attention_decode(dev, s, &dq, k, v, &mut out, &dctl, d, &mut scratch, wide)?;
             }
             Ok(())
         })?;
         let per = ms * 1e3 / layers as f64;
-        println!("decode attention 20/5 heads × 128 at position {pos}: {per:.2} µs/launch (chain of {layers})");
+        let w = if wide { ", wide" } else { "" };
+        println!("decode attention 20/5 heads × 128 at position {pos}{w}: {per:.2} µs/launch (chain of {layers})");
         table.push(format!(
-            "| decode attention (20/5 heads, hd 128, position {pos}) | {per:.2} µs | |"
+            "| decode attention (20/5 heads, hd 128, position {pos}{w}) | {per:.2} µs | |"
         ));
     }
     for k in [2560usize, 6912] {

@@ -115,7 +115,9 @@ impl DecodeScratch {
 /// Attention of one query token (row 0 of `qkv`, position `ctl[0]`, its key and value
 /// already in the cache) over positions `0 ..= ctl[0]` into `out` (`n_heads·head_dim`),
 /// split over positions: on sm_90, one cluster of 8 blocks per KV head for all the query
-/// heads that share it (or, for shapes that kernel is not built for, per query head),
+/// heads that share it (`wide`: 16 blocks where the device places such clusters, which pays
+/// from a few hundred positions on) or, for shapes that kernel is not built for, 8 blocks
+/// per query head,
 /// merged through distributed shared memory; before that, `n_heads × splits` blocks
 /// combined by the last block of each head.
 /// `ctl[0] + 1` must not exceed the `max_positions` the scratch was made for.
@@ -129,6 +131,7 @@ pub fn attention_decode(
     ctl: &DevBuf<i32>,
     d: AttnDims,
     scratch: &mut DecodeScratch,
+    wide: bool,
 ) -> Result<()> {
     if d.n_kv_heads == 0
         || !d.n_heads.is_multiple_of(d.n_kv_heads)
@@ -155,7 +158,12 @@ pub fn attention_decode(
         let (k, groups, warps, splits, smem) = if gqa_kernel_fits(d) {
             let g = d.n_heads / d.n_kv_heads;
             let smem = (GQA_WARPS * g * (d.head_dim + 3) + g * (d.head_dim + 2)) * 4;
-            (K::AttnDecodeGqa, d.n_kv_heads, GQA_WARPS, GQA_SPLITS, smem)
+            let splits = if wide {
+                dev.cluster_size_up_to_16(K::AttnDecodeGqa, 32 * GQA_WARPS as u32, smem as u32)?
+            } else {
+                8
+            };
+            (K::AttnDecodeGqa, d.n_kv_heads, GQA_WARPS, splits, smem)
         } else {
             let smem = (2 * CLUSTER_WARPS + 2 + (CLUSTER_WARPS + 1) * d.head_dim) * 4;
             (
@@ -197,9 +205,7 @@ pub fn attention_decode(
     )
 }
 
-/// Blocks per KV head (`AG_S` in attention.cu) and warps per block (`AG_W`) of the sm_90
-/// decode attention by KV group.
-const GQA_SPLITS: u32 = 8;
+/// Warps per block (`AG_W` in attention.cu) of the sm_90 decode attention by KV group.
 const GQA_WARPS: usize = 4;
 
 /// Whether `attn_decode_gqa` is built for these shapes (head_dim 32, 64, 96 or 128 and

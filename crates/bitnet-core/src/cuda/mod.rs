@@ -482,6 +482,8 @@ pub struct CudaDevice {
     pdl: AtomicBool,
     cc_major: i32,
     clusters: bool,
+    /// Per kernel: the largest cluster (16, else 8) the device places for it, once asked.
+    big_cluster: Mutex<HashMap<usize, u32>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -569,6 +571,7 @@ impl CudaDevice {
                 cc_major: maj,
                 clusters: maj >= 9
                     && std::env::var("BITNET_CUDA_CLUSTERS").map_or(true, |v| v != "0"),
+                big_cluster: Mutex::new(HashMap::new()),
                 ctx,
                 _module: module,
                 funcs,
@@ -725,6 +728,54 @@ impl CudaDevice {
     /// (then the decode attention merges its splits through global memory instead).
     pub(crate) fn has_clusters(&self) -> bool {
         self.clusters
+    }
+
+    /// 16 if the device can place a cluster of 16 blocks of kernel `k` (`threads` threads
+    /// and `smem` bytes of dynamic shared memory each; 16 is beyond the portable cluster
+    /// size, so the kernel is allowed it first), else 8. Asked once per kernel.
+    pub(crate) fn cluster_size_up_to_16(&self, k: K, threads: u32, smem: u32) -> Result<u32> {
+        let mut g = self.big_cluster.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&c) = g.get(&(k as usize)) {
+            return Ok(c);
+        }
+        self.ctx.bind_to_thread().map_err(drv)?;
+        let f = &self.funcs[k as usize];
+        let fits = f
+            .set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            )
+            .is_ok()
+            && {
+                let mut attr = sys::CUlaunchAttribute {
+                    id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                    pad: [0; 4],
+                    value: sys::CUlaunchAttributeValue { pad: [0; 64] },
+                };
+                attr.value.clusterDim.x = 16;
+                attr.value.clusterDim.y = 1;
+                attr.value.clusterDim.z = 1;
+                let cfg = sys::CUlaunchConfig {
+                    gridDimX: 16,
+                    gridDimY: 1,
+                    gridDimZ: 1,
+                    blockDimX: threads,
+                    blockDimY: 1,
+                    blockDimZ: 1,
+                    sharedMemBytes: smem,
+                    hStream: std::ptr::null_mut(),
+                    attrs: &mut attr,
+                    numAttrs: 1,
+                };
+                let mut n = 0i32;
+                // SAFETY: `cfg` and `attr` live across the call, `n` is a valid out-pointer
+                // and the function handle belongs to this device's loaded module.
+                let r = unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &cfg) };
+                r == sys::CUresult::CUDA_SUCCESS && n > 0
+            };
+        let c = if fits { 16 } else { 8 };
+        g.insert(k as usize, c);
+        Ok(c)
     }
 
     /// Launch kernel `k` in clusters of `cluster_x` blocks along x (sm_90+; `grid.0` a
