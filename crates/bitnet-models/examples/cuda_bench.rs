@@ -59,7 +59,7 @@ fn latency_kernels(dev: &CudaDevice, s: &Stream, table: &mut Vec<String>) -> R<(
         n_heads: 20,
         n_kv_heads: 5,
         head_dim: 128,
-        max_ctx: 1024,
+        max_ctx: 4096,
     };
     let mut rng = Rng(0x5EED);
     let mut f16s = |n: usize| -> Vec<u16> {
@@ -84,8 +84,8 @@ fn latency_kernels(dev: &CudaDevice, s: &Stream, table: &mut Vec<String>) -> R<(
         (64i32, false),
         (576, false),
         (576, true),
-        (1000, false),
-        (1000, true),
+        (3500, false),
+        (3500, true),
     ] {
         let dctl = dev.upload(s, &[pos, 1, 0])?;
         let ms = time_graph(s, 7, &mut || {

@@ -339,3 +339,65 @@ fn persistent_decode_matches_cpu_for_each_head_dim() {
         assert!(worst <= 2e-2, "head_dim {hd}: rel err {worst}");
     }
 }
+
+/// Greedy decode on the separate kernels across 512 attended positions, where the step
+/// switches from its first captured graph to a second one whose decode attention runs 16
+/// blocks per KV head: logits against the CPU at every step, teacher-forced on the CPU's
+/// tokens (also after a second prompt, at 2,040..2,056).
+#[test]
+fn decode_across_the_wide_attention_graph_matches_cpu() {
+    if !CudaDevice::is_available() {
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    use bitnet_core::quant::ternary::TernaryLayout;
+    use bitnet_models::bitnet::Config;
+    let c = Config {
+        vocab_size: 512,
+        hidden: 256,
+        intermediate: 384,
+        n_layers: 2,
+        n_heads: 8,
+        n_kv_heads: 2,
+        head_dim: 128,
+        rms_eps: 1e-5,
+        rope_theta: 10000.0,
+        max_ctx: 2100,
+        bos: None,
+        eos: None,
+    };
+    let model = bitnet_models::synthetic::build(c.clone(), TernaryLayout::I2S, 11).unwrap();
+    let mut cache = KvCache::new(
+        c.n_layers,
+        c.n_kv_heads,
+        c.head_dim,
+        c.max_ctx,
+        KvDType::F16,
+    );
+    let mut scratch = Scratch::new();
+    let mut gpu = CudaModel::new(&model, 0).unwrap();
+    let mut worst = 0.0f64;
+    let mut tok = 42u32;
+    // (prompt length, then greedy steps): positions 0..500, 500..524, 524..2040, 2040..2056.
+    for (plen, steps) in [(500u32, 24), (1516, 16)] {
+        let prompt: Vec<u32> = (0..plen).map(|i| (i * 37 + 5) % 512).collect();
+        model
+            .forward(&prompt, &mut cache, &mut scratch, Logits::Last)
+            .unwrap();
+        gpu.forward(&prompt, Logits::Last).unwrap();
+        for _ in 0..steps {
+            let cpu = model
+                .forward(&[tok], &mut cache, &mut scratch, Logits::Last)
+                .unwrap();
+            gpu.greedy_next(tok).unwrap();
+            worst = worst.max(rel_err(&gpu.last_logits().unwrap(), &cpu));
+            tok = (0..cpu.len())
+                .max_by(|&a, &b| cpu[a].total_cmp(&cpu[b]))
+                .unwrap() as u32;
+        }
+    }
+    assert_eq!(gpu.position(), 2056);
+    assert_eq!(gpu.graph_status(), "CUDA graph replay");
+    eprintln!("decode at positions 500..524 and 2040..2056: worst logits rel err {worst:.2e}");
+    assert!(worst <= 2e-2, "rel err {worst}");
+}
