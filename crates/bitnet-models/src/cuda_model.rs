@@ -29,13 +29,13 @@ use bitnet_core::quant::dense::DenseMatrix;
 use rayon::prelude::*;
 
 use crate::bitnet::{Config, Logits, Model};
+use crate::{Error, Result};
 
 /// From this many attended positions on, one-token decode attention runs 16 blocks per KV
-/// head instead of 8 (where the device places such clusters), in a graph of its own. On the
-/// H100: +20 % decode at positions 3,457..3,585 and +1.5 % at 513..641, but about −1 % at
-/// 0..128.
+/// head instead of 8 (where the device places such clusters), in a graph of its own.
+/// Decode at positions 3,457..3,585: +19 % on the H100, +22 % on the H200; at 513..641
+/// +1–2 %; always wide, tg128 (positions 0..128) lost about 1 %.
 const WIDE_ATTENTION_FROM: usize = 512;
-use crate::{Error, Result};
 
 /// Options of [`CudaModel::with_options`].
 #[derive(Debug, Clone)]

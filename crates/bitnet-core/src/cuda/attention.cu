@@ -438,8 +438,8 @@ attn_decode_cluster(const float* __restrict__ qkv, const u16* __restrict__ kc,
 }
 
 // Decode attention for sm_90 by KV group (replaces attn_decode_cluster where the shapes
-// allow it): one cluster of S blocks (16 where the device places such clusters, else 8;
-// the kernel reads its cluster size) per KV head takes all G query heads that share it,
+// allow it): one cluster of S blocks per KV head (8, or 16 for long contexts: the launch
+// chooses, the kernel reads its cluster size) takes all G query heads that share it,
 // so each key and value is loaded once for the G heads. Block r of the cluster takes the
 // r-th chunk of the positions; a half-warp (16 lanes, DL = hd/16 dimensions each) takes one
 // position at a time, a warp two, U of them per load round (4; 2 for hd > 64); the G scores

@@ -482,8 +482,9 @@ pub struct CudaDevice {
     pdl: AtomicBool,
     cc_major: i32,
     clusters: bool,
-    /// Per kernel: the largest cluster (16, else 8) the device places for it, once asked.
-    big_cluster: Mutex<HashMap<usize, u32>>,
+    /// Per kernel, block size and shared memory: the largest cluster (16, else 8) the
+    /// device places, once asked.
+    big_cluster: Mutex<HashMap<(usize, u32, u32), u32>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -732,10 +733,10 @@ impl CudaDevice {
 
     /// 16 if the device can place a cluster of 16 blocks of kernel `k` (`threads` threads
     /// and `smem` bytes of dynamic shared memory each; 16 is beyond the portable cluster
-    /// size, so the kernel is allowed it first), else 8. Asked once per kernel.
+    /// size, so the kernel is allowed it first), else 8. Asked once per kernel and block.
     pub(crate) fn cluster_size_up_to_16(&self, k: K, threads: u32, smem: u32) -> Result<u32> {
         let mut g = self.big_cluster.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&c) = g.get(&(k as usize)) {
+        if let Some(&c) = g.get(&(k as usize, threads, smem)) {
             return Ok(c);
         }
         self.ctx.bind_to_thread().map_err(drv)?;
@@ -774,7 +775,7 @@ impl CudaDevice {
                 r == sys::CUresult::CUDA_SUCCESS && n > 0
             };
         let c = if fits { 16 } else { 8 };
-        g.insert(k as usize, c);
+        g.insert((k as usize, threads, smem), c);
         Ok(c)
     }
 
