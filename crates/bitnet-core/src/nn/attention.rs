@@ -303,8 +303,10 @@ fn dot4_avx2(a: &[f32], b: &[f32]) -> [f32; 4] {
     })
 }
 
-/// Dimensions of the output kept in registers while `weighted_sum` walks the positions.
-const OUT_CHUNK: usize = 32;
+/// Dimensions of the output kept in registers while `weighted_sum` walks the positions
+/// (eight 8-lane accumulators under AVX2: with four, the adds wait on their latency; 32 → 64
+/// gave +3.5 % in a 512-token prompt on the Xeon).
+const OUT_CHUNK: usize = 64;
 
 /// `o = Σ_p w[p]·v[p]` over rows of `hd` values, each output summed in position order
 /// starting from 0 (so bit-identical to adding the rows one after another), one chunk of
@@ -405,6 +407,54 @@ mod tests {
             causal_attention(&q, &k16, &v16, m, pos0, s, &mut out).unwrap();
             for (a, b) in out.iter().zip(&r) {
                 assert!((a - b).abs() < 2e-3, "{a} vs {b}");
+            }
+        }
+    }
+
+    /// The AVX2 build of a task against the portable one, bit for bit: head sizes 128, 96
+    /// and 40 (with tails), 1 to 45 keys (the 4-key and 1-key steps).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_block_is_bit_identical_to_portable() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("skipped: no AVX2");
+            return;
+        }
+        for hd in [128usize, 96, 40] {
+            let (m, group) = (45usize, 2usize);
+            let qdim = group * hd;
+            let f = |i: usize, a: usize, b: usize| ((i * a) % b) as f32 / (b as f32 / 2.0) - 1.0;
+            let q: Vec<f32> = (0..m * qdim).map(|i| f(i, 31, 53)).collect();
+            let kf: Vec<f32> = (0..m * hd).map(|i| f(i, 7919, 97)).collect();
+            let vf: Vec<f32> = (0..m * hd).map(|i| f(i, 104729, 89)).collect();
+            let run = |avx2: bool| {
+                let mut out = vec![f32::NAN; m * qdim];
+                let mut scores = vec![0.0f32; m];
+                let o = OutPtr(out.as_mut_ptr());
+                let b = Block {
+                    q: &q,
+                    kf: &kf,
+                    vf: &vf,
+                    out: &o,
+                    i0: 0,
+                    i1: m,
+                    pos0: 0,
+                    kvh: 0,
+                    group,
+                    qdim,
+                    hd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                };
+                if avx2 {
+                    // SAFETY: AVX2 is available (checked above).
+                    unsafe { attend_block_avx2(&b, &mut scores) };
+                } else {
+                    attend_block(&b, &mut scores, dot4);
+                }
+                out
+            };
+            for (i, (x, y)) in run(false).iter().zip(&run(true)).enumerate() {
+                assert_eq!(x.to_bits(), y.to_bits(), "hd {hd}, value {i}: {x} vs {y}");
             }
         }
     }
