@@ -271,6 +271,29 @@ fn tiny_model_logits_and_greedy_match_cpu() {
     assert!(gpu.forward(&[v as u32], Logits::Last).is_err());
 }
 
+/// `steps` greedy GPU decode steps from token `tok`, teacher-forced on the CPU's tokens:
+/// returns the worst relative error of the GPU's logits against the CPU's, and the next
+/// token.
+fn greedy_against_cpu(
+    model: &bitnet_models::bitnet::Model,
+    cache: &mut KvCache,
+    scratch: &mut Scratch,
+    gpu: &mut CudaModel,
+    mut tok: u32,
+    steps: usize,
+) -> (f64, u32) {
+    let mut worst = 0.0f64;
+    for _ in 0..steps {
+        let cpu = model.forward(&[tok], cache, scratch, Logits::Last).unwrap();
+        gpu.greedy_next(tok).unwrap();
+        worst = worst.max(rel_err(&gpu.last_logits().unwrap(), &cpu));
+        tok = (0..cpu.len())
+            .max_by(|&a, &b| cpu[a].total_cmp(&cpu[b]))
+            .unwrap() as u32;
+    }
+    (worst, tok)
+}
+
 /// The persistent decode kernel for every head dimension it is built for (32, 64, 128,
 /// 256), on small random models, against the CPU: greedy steps teacher-forced on the CPU's
 /// tokens, logits within the tolerance of the test above.
@@ -320,18 +343,7 @@ fn persistent_decode_matches_cpu_for_each_head_dim() {
             .forward(&prompt, &mut cache, &mut scratch, Logits::Last)
             .unwrap();
         gpu.forward(&prompt, Logits::Last).unwrap();
-        let mut tok = 42u32;
-        let mut worst = 0.0f64;
-        for _ in 0..40 {
-            let cpu = model
-                .forward(&[tok], &mut cache, &mut scratch, Logits::Last)
-                .unwrap();
-            gpu.greedy_next(tok).unwrap();
-            worst = worst.max(rel_err(&gpu.last_logits().unwrap(), &cpu));
-            tok = (0..cpu.len())
-                .max_by(|&a, &b| cpu[a].total_cmp(&cpu[b]))
-                .unwrap() as u32;
-        }
+        let (worst, _) = greedy_against_cpu(&model, &mut cache, &mut scratch, &mut gpu, 42, 40);
         eprintln!(
             "head_dim {hd} ({nh} heads, {nkv} kv): {}, worst logits rel err {worst:.2e}",
             gpu.decode_status()
@@ -367,13 +379,8 @@ fn decode_across_the_wide_attention_graph_matches_cpu() {
         eos: None,
     };
     let model = bitnet_models::synthetic::build(c.clone(), TernaryLayout::I2S, 11).unwrap();
-    let mut cache = KvCache::new(
-        c.n_layers,
-        c.n_kv_heads,
-        c.head_dim,
-        c.max_ctx,
-        KvDType::F16,
-    );
+    let (nkv, hd) = (c.n_kv_heads, c.head_dim);
+    let mut cache = KvCache::new(c.n_layers, nkv, hd, c.max_ctx, KvDType::F16);
     let mut scratch = Scratch::new();
     let mut gpu = CudaModel::new(&model, 0).unwrap();
     let mut worst = 0.0f64;
@@ -385,16 +392,9 @@ fn decode_across_the_wide_attention_graph_matches_cpu() {
             .forward(&prompt, &mut cache, &mut scratch, Logits::Last)
             .unwrap();
         gpu.forward(&prompt, Logits::Last).unwrap();
-        for _ in 0..steps {
-            let cpu = model
-                .forward(&[tok], &mut cache, &mut scratch, Logits::Last)
-                .unwrap();
-            gpu.greedy_next(tok).unwrap();
-            worst = worst.max(rel_err(&gpu.last_logits().unwrap(), &cpu));
-            tok = (0..cpu.len())
-                .max_by(|&a, &b| cpu[a].total_cmp(&cpu[b]))
-                .unwrap() as u32;
-        }
+        let (w, next) = greedy_against_cpu(&model, &mut cache, &mut scratch, &mut gpu, tok, steps);
+        worst = worst.max(w);
+        tok = next;
     }
     assert_eq!(gpu.position(), 2056);
     assert_eq!(gpu.graph_status(), "CUDA graph replay");
