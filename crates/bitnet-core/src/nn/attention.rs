@@ -335,9 +335,9 @@ fn dot4_avx2(a: &[f32], b: &[f32]) -> [f32; 4] {
     })
 }
 
-/// Dimensions of the output kept in registers while `weighted_sum` walks the positions
-/// (eight 8-lane accumulators under AVX2: with four, the adds wait on their latency; 32 → 64
-/// gave +3.5 % in a 512-token prompt on the Xeon).
+/// Dimensions of the output kept in registers while `weighted_sum_into` walks the
+/// positions (eight 8-lane accumulators under AVX2: with four, the adds wait on their
+/// latency; 32 → 64 gave +3 % in a 512-token prompt on the Xeon).
 const OUT_CHUNK: usize = 64;
 
 /// `o += Σ_p w[p]·v[p]` over rows of `hd` values, each output adding the positions in
