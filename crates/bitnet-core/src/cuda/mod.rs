@@ -129,6 +129,19 @@ fn cached_ptx(arch: &str) -> Result<String> {
     Ok(p)
 }
 
+/// The launch attribute for clusters of `x` blocks along x.
+fn cluster_attr(x: u32) -> sys::CUlaunchAttribute {
+    let mut a = sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+        pad: [0; 4],
+        value: sys::CUlaunchAttributeValue { pad: [0; 64] },
+    };
+    a.value.clusterDim.x = x;
+    a.value.clusterDim.y = 1;
+    a.value.clusterDim.z = 1;
+    a
+}
+
 /// Number of CUDA devices (an error when the driver is missing or fails to initialise).
 pub fn device_count() -> Result<usize> {
     if !driver_available() {
@@ -748,14 +761,7 @@ impl CudaDevice {
             )
             .is_ok()
             && {
-                let mut attr = sys::CUlaunchAttribute {
-                    id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-                    pad: [0; 4],
-                    value: sys::CUlaunchAttributeValue { pad: [0; 64] },
-                };
-                attr.value.clusterDim.x = 16;
-                attr.value.clusterDim.y = 1;
-                attr.value.clusterDim.z = 1;
+                let mut attr = cluster_attr(16);
                 let cfg = sys::CUlaunchConfig {
                     gridDimX: 16,
                     gridDimY: 1,
@@ -862,10 +868,7 @@ impl CudaDevice {
                     n += 1;
                 }
                 LaunchMode::Cluster(x) => {
-                    attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-                    attrs[n].value.clusterDim.x = x;
-                    attrs[n].value.clusterDim.y = 1;
-                    attrs[n].value.clusterDim.z = 1;
+                    attrs[n] = cluster_attr(x);
                     n += 1;
                 }
                 LaunchMode::Plain => {}
