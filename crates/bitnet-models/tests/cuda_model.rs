@@ -6,11 +6,19 @@
 #![cfg(feature = "cuda")]
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use bitnet_core::cuda::CudaDevice;
 use bitnet_models::bitnet::{Logits, Scratch};
 use bitnet_models::cuda_model::{CudaModel, CudaOptions};
 use bitnet_models::kv_cache::{KvCache, KvDType};
+
+/// The tests share one device and its memory pool (the process keeps one `CudaDevice` per
+/// GPU), and one of them counts the pool's driver allocations: they run one at a time.
+fn gpu_lock() -> MutexGuard<'static, ()> {
+    static GPU: Mutex<()> = Mutex::new(());
+    GPU.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -25,6 +33,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn tiny_model_logits_and_greedy_match_cpu() {
+    let _gpu = gpu_lock();
     if !CudaDevice::is_available() {
         eprintln!("skipped: no CUDA device");
         return;
@@ -299,6 +308,7 @@ fn greedy_against_cpu(
 /// tokens, logits within the tolerance of the test above.
 #[test]
 fn persistent_decode_matches_cpu_for_each_head_dim() {
+    let _gpu = gpu_lock();
     if !CudaDevice::is_available() {
         eprintln!("skipped: no CUDA device");
         return;
@@ -358,6 +368,7 @@ fn persistent_decode_matches_cpu_for_each_head_dim() {
 /// tokens (also after a second prompt, at 2,040..2,056).
 #[test]
 fn decode_across_the_wide_attention_graph_matches_cpu() {
+    let _gpu = gpu_lock();
     if !CudaDevice::is_available() {
         eprintln!("skipped: no CUDA device");
         return;
