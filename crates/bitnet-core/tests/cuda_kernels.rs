@@ -228,7 +228,11 @@ fn rmsnorm_quant_and_rmsnorm_match_cpu() {
         (5, 6912),
         (1, 6912),
         (4, 200),
+        (2, 3000),
         (2, 10000),
+        (3, 13),
+        (2, 1002),
+        (1, 20000),
     ] {
         let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-4.0f32..4.0)).collect();
         let w: Vec<f32> = (0..k).map(|_| rng.random_range(0.2f32..2.0)).collect();

@@ -8,11 +8,88 @@
 // factor 1/a, zeros in the padding [K, kp) and, with `sums`, Σq (the code offset of the
 // tensor-core products; the one-token products sum the token themselves, so a decode
 // norm skips that third block reduction).
-// Rows of up to NQ_E·blockDim values are read once into registers (the wrapper picks
-// blockDim ≈ K/8, up to 1024: one global read per value, three block reductions of one
-// barrier each, each into its own shared array); longer rows loop over global memory. The
-// norm weights are loaded before PDL_WAIT.
+// Rows are read once into registers: as V ≤ NQ_V float4 per thread when K is a multiple
+// of 4 (the wrapper picks blockDim ≈ K/(4V) with V = ⌈K/2560⌉: one 16-byte load and one
+// 4-byte store per four values), else as up to NQ_E scalars per thread; each block
+// reduction takes one barrier, into its own shared array. Longer rows loop over global
+// memory. The norm weights are loaded before PDL_WAIT.
+#define NQ_V 4
 #define NQ_E 8
+
+__device__ __forceinline__ int quant_code(float y, float a) {
+    float v = rintf(y * a);
+    return (int)fminf(fmaxf(v, -128.0f), 127.0f);
+}
+
+__device__ __forceinline__ void rq_finish(int tid, int sums, int s, int K, int kp, float a,
+                                          i8* __restrict__ qr, float* __restrict__ qf,
+                                          i32* __restrict__ qs, int* shi) {
+    for (int k = K + tid; k < kp; k += blockDim.x) qr[k] = 0;
+    if (sums) s = block_reduce_once(s, shi, 0, OpAdd());
+    if (tid == 0) {
+        qf[blockIdx.x] = 1.0f / a;
+        if (sums) qs[blockIdx.x] = s;
+    }
+}
+
+template <int V>
+__device__ __forceinline__ void rq_vec4(const float* __restrict__ xr, const float* __restrict__ w,
+                                        int K, int kp, float eps, i8* __restrict__ qr,
+                                        float* __restrict__ qf, i32* __restrict__ qs, int sums,
+                                        double* shd, float* shf, int* shi) {
+    int tid = threadIdx.x, bd = blockDim.x, K4 = K >> 2;
+    const float4* w4 = (const float4*)w;
+    const float4* x4 = (const float4*)xr;
+    float4 wv[V], xv[V];
+#pragma unroll
+    for (int e = 0; e < V; e++) {
+        int k = tid + e * bd;
+        wv[e] = k < K4 ? w4[k] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    PDL_WAIT();
+    PDL_LAUNCH();
+#pragma unroll
+    for (int e = 0; e < V; e++) {
+        int k = tid + e * bd;
+        xv[e] = k < K4 ? x4[k] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    double ss = 0.0;
+#pragma unroll
+    for (int e = 0; e < V; e++) {
+        double d0 = xv[e].x, d1 = xv[e].y, d2 = xv[e].z, d3 = xv[e].w;
+        ss += d0 * d0;
+        ss += d1 * d1;
+        ss += d2 * d2;
+        ss += d3 * d3;
+    }
+    ss = block_reduce_once(ss, shd, 0.0, OpAdd());
+    float r = 1.0f / sqrtf((float)(ss / (double)K) + eps);
+    float am = 0.0f;
+#pragma unroll
+    for (int e = 0; e < V; e++) {
+        xv[e] = make_float4(wv[e].x * (xv[e].x * r), wv[e].y * (xv[e].y * r),
+                            wv[e].z * (xv[e].z * r), wv[e].w * (xv[e].w * r));
+        am = fmaxf(am, fmaxf(fmaxf(fabsf(xv[e].x), fabsf(xv[e].y)),
+                             fmaxf(fabsf(xv[e].z), fabsf(xv[e].w))));
+    }
+    am = block_reduce_once(am, shf, 0.0f, OpMaxNonNeg());
+    float a = 127.0f / fmaxf(am, 1e-5f);
+    int s = 0;
+    u32* q4 = (u32*)qr;
+#pragma unroll
+    for (int e = 0; e < V; e++) {
+        int k = tid + e * bd;
+        if (k < K4) {
+            int c0 = quant_code(xv[e].x, a), c1 = quant_code(xv[e].y, a);
+            int c2 = quant_code(xv[e].z, a), c3 = quant_code(xv[e].w, a);
+            q4[k] = (u32)(c0 & 255) | ((u32)(c1 & 255) << 8) | ((u32)(c2 & 255) << 16) |
+                    ((u32)(c3 & 255) << 24);
+            s += c0 + c1 + c2 + c3;
+        }
+    }
+    rq_finish(tid, sums, s, K, kp, a, qr, qf, qs, shi);
+}
+
 extern "C" __global__ void __launch_bounds__(1024)
 rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, int kp, float eps,
               i8* __restrict__ q, float* __restrict__ qf, i32* __restrict__ qs, int sums) {
@@ -22,6 +99,13 @@ rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, i
     int row = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
     const float* xr = x + (size_t)row * K;
     i8* qr = q + (size_t)row * kp;
+    if ((K & 3) == 0 && (kp & 3) == 0) {
+        int v = ((K >> 2) + bd - 1) / bd;
+        if (v == 1) return rq_vec4<1>(xr, w, K, kp, eps, qr, qf, qs, sums, shd, shf, shi);
+        if (v == 2) return rq_vec4<2>(xr, w, K, kp, eps, qr, qf, qs, sums, shd, shf, shi);
+        if (v == 3) return rq_vec4<3>(xr, w, K, kp, eps, qr, qf, qs, sums, shd, shf, shi);
+        if (v == NQ_V) return rq_vec4<NQ_V>(xr, w, K, kp, eps, qr, qf, qs, sums, shd, shf, shi);
+    }
     if (K <= NQ_E * bd) {
         float wv[NQ_E], xv[NQ_E];
 #pragma unroll
@@ -58,20 +142,12 @@ rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, i
         for (int e = 0; e < NQ_E; e++) {
             int k = tid + e * bd;
             if (k < K) {
-                float v = rintf(xv[e] * a);
-                v = fminf(fmaxf(v, -128.0f), 127.0f);
-                int qi = (int)v;
+                int qi = quant_code(xv[e], a);
                 qr[k] = (i8)qi;
                 s += qi;
             }
         }
-        for (int k = K + tid; k < kp; k += bd) qr[k] = 0;
-        if (sums) s = block_reduce_once(s, shi, 0, OpAdd());
-        if (tid == 0) {
-            qf[row] = 1.0f / a;
-            if (sums) qs[row] = s;
-        }
-        return;
+        return rq_finish(tid, sums, s, K, kp, a, qr, qf, qs, shi);
     }
     PDL_WAIT();
     PDL_LAUNCH();
@@ -89,18 +165,11 @@ rmsnorm_quant(const float* __restrict__ x, const float* __restrict__ w, int K, i
     float a = 127.0f / fmaxf(am, 1e-5f);
     int s = 0;
     for (int k = tid; k < K; k += bd) {
-        float v = rintf((w[k] * (xr[k] * r)) * a);
-        v = fminf(fmaxf(v, -128.0f), 127.0f);
-        int qi = (int)v;
+        int qi = quant_code(w[k] * (xr[k] * r), a);
         qr[k] = (i8)qi;
         s += qi;
     }
-    for (int k = K + tid; k < kp; k += bd) qr[k] = 0;
-    if (sums) s = block_reduce_once(s, shi, 0, OpAdd());
-    if (tid == 0) {
-        qf[row] = 1.0f / a;
-        if (sums) qs[row] = s;
-    }
+    rq_finish(tid, sums, s, K, kp, a, qr, qf, qs, shi);
 }
 
 // 1/sqrt(mean(x²) + eps) of a row, the sum of squares in f64 (every thread gets it).
