@@ -432,6 +432,74 @@ fn rope_kv_append_and_attention_match_cpu() {
     }
 }
 
+/// One-token decode attention at long contexts (hundreds of positions per block), the
+/// 8-block and the 16-block forms, against the CPU.
+#[test]
+fn decode_attention_at_long_contexts_matches_cpu() {
+    let Some((dev, s)) = device() else { return };
+    let mut rng = StdRng::seed_from_u64(0x57A6);
+    for &(nh, nkv, hd) in &[(20usize, 5usize, 128usize), (8, 2, 64)] {
+        let max_ctx = 1200;
+        let d = AttnDims {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            max_ctx,
+        };
+        let ck: Vec<f16> = (0..d.cache_len())
+            .map(|_| f16::from_f32(rng.random_range(-2.0f32..2.0)))
+            .collect();
+        let cv: Vec<f16> = (0..d.cache_len())
+            .map(|_| f16::from_f32(rng.random_range(-2.0f32..2.0)))
+            .collect();
+        let bits = |c: &[f16]| c.iter().map(|x| x.to_bits()).collect::<Vec<u16>>();
+        let kc = dev.upload(&s, &bits(&ck)).unwrap();
+        let vc = dev.upload(&s, &bits(&cv)).unwrap();
+        let mut scratch = DecodeScratch::new(&dev, &s, d, max_ctx).unwrap();
+        let shape = AttnShape {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            max_ctx,
+        };
+        for pos in [511usize, 700, 1199] {
+            let qkv: Vec<f32> = (0..d.qkv_width())
+                .map(|_| rng.random_range(-2.0f32..2.0))
+                .collect();
+            let mut co = vec![0.0f32; nh * hd];
+            causal_attention(&qkv[..nh * hd], &ck, &cv, 1, pos, shape, &mut co).unwrap();
+            let dctl = dev.upload(&s, &[pos as i32, 1, 0]).unwrap();
+            let dqkv = dev.upload(&s, &qkv).unwrap();
+            let mut out = dev.alloc::<f32>(nh * hd).unwrap();
+            for wide in [false, true] {
+                out.fill_bytes(&s, 0xFF).unwrap();
+                attention_decode(
+                    &dev,
+                    &s,
+                    &dqkv,
+                    &kc,
+                    &vc,
+                    &mut out,
+                    &dctl,
+                    d,
+                    &mut scratch,
+                    wide,
+                )
+                .unwrap();
+                let e = rel_err(&out.read(&s, nh * hd).unwrap(), &co);
+                assert!(
+                    e <= 1e-5,
+                    "decode attention rel err {e} (heads {nh}/{nkv}, hd {hd}, pos {pos}, wide {wide})"
+                );
+                eprintln!(
+                    "decode attention rel err {e:.1e}: heads {nh}/{nkv} hd {hd} pos {pos}{}",
+                    if wide { " (wide)" } else { "" }
+                );
+            }
+        }
+    }
+}
+
 /// The fused arg-max slot names the first largest GPU logit.
 fn check_fused_argmax(best: &[u64], logits: &[f32]) {
     let gi = head::argmax_index(best[0]).unwrap() as usize;

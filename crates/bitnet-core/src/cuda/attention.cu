@@ -285,6 +285,17 @@ __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::
                      : "memory");
 }
+// The end of a block that read its peers' shared memory: it stays until every block of the
+// cluster is done reading (the memory of an exited block is gone). The arrive is relaxed:
+// the reads are complete once their values are used, and a release would also wait for
+// this block's global stores to complete (about 0.5 µs of a decode attention launch on the
+// H100). `result` runs between the arrive and the wait.
+template <typename F>
+__device__ __forceinline__ void cluster_leave(F result) {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+    result();
+    asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+}
 // Read a float of block `rank`'s shared memory at the address `p` has in this block.
 __device__ __forceinline__ float ld_cluster(const float* p, u32 rank) {
     u32 a = (u32)__cvta_generic_to_shared(p), r;
@@ -408,10 +419,10 @@ __device__ __forceinline__ void attn_cluster_body(const float* qkv, const u16* k
     cluster_sync();
     // The cluster's state for this block's share of the dimensions.
     constexpr int share = hd / AC_S;
-    if (tid < share)
-        out[(size_t)h * hd + rank * share + tid] =
-            cluster_merge<AC_S>(bml, bml + 1, bacc + rank * share + tid);
-    cluster_sync();  // keep this block's shared memory alive until the others have read it
+    float v = tid < share ? cluster_merge<AC_S>(bml, bml + 1, bacc + rank * share + tid) : 0.0f;
+    cluster_leave([&]() {
+        if (tid < share) out[(size_t)h * hd + rank * share + tid] = v;
+    });
 }
 #endif
 
@@ -629,11 +640,11 @@ __device__ __forceinline__ void attn_gqa_body(const float* qkv, const u16* kc, c
     }
     cluster_sync();
     // The cluster's state for this block's share of the group's outputs.
-    if (tid < share) {
-        int i = (int)rank * share + tid, g = i / hd;
-        out[(size_t)kvh * G * hd + i] = cluster_merge<S>(bm + g, bl + g, bacc + i);
-    }
-    cluster_sync();  // keep this block's shared memory alive until the others have read it
+    int i = (int)rank * share + tid;
+    float v = tid < share ? cluster_merge<S>(bm + i / hd, bl + i / hd, bacc + i) : 0.0f;
+    cluster_leave([&]() {
+        if (tid < share) out[(size_t)kvh * G * hd + i] = v;
+    });
 }
 #endif
 
