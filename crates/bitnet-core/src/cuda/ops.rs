@@ -49,7 +49,7 @@ pub fn rmsnorm_quant(
     acts.rows = m;
     // Σq only for the tensor-core products (more than one row).
     acts.sums = m > 1;
-    let threads = rmsnorm_quant_threads(k);
+    let threads = rmsnorm_quant_threads(k, m);
     dev.launch(
         K::RmsnormQuant,
         stream,
@@ -70,16 +70,20 @@ pub fn rmsnorm_quant(
     )
 }
 
-/// The block size of `rmsnorm_quant` for rows of `k`: rows that are a multiple of 4 go
-/// as V = ⌈k/2560⌉ float4 per thread (one thread per four values up to 2,560 values: on
-/// the H100 a 2,560-value norm then takes 1.70 µs in a chain instead of 2.10 with eight
-/// scalars per thread, a 6,912-value one 2.35 instead of 3.01); other rows as about
-/// eight values per thread. The kernel loops over global memory for longer rows.
-fn rmsnorm_quant_threads(k: usize) -> u32 {
+/// The block size of `rmsnorm_quant` for `m` rows of `k`: rows that are a multiple of 4
+/// go as V float4 per thread. One row (decode, where the norm is on the critical path): V =
+/// ⌈k/2560⌉, so one thread per four values up to 2,560 values (on the H100 a 2,560-value
+/// norm then takes 1.68 µs in a chain instead of 2.10 with eight scalars per thread, a
+/// 6,912-value one 2.33 instead of 3.01). Several rows (prefill, one block per row): V =
+/// ⌈k/1280⌉, half the threads (one float4 per thread cost 1 % of pp512 on the H200).
+/// Other rows go as about eight values per thread; the kernel loops over global memory
+/// for longer rows.
+fn rmsnorm_quant_threads(k: usize, m: usize) -> u32 {
     const NQ_V: usize = 4;
     let k4 = k / 4;
+    let per_block = if m == 1 { 640 } else { 320 };
     let threads = if k.is_multiple_of(4) && k4 <= NQ_V * 1024 {
-        let v = k4.div_ceil(640).clamp(1, NQ_V);
+        let v = k4.div_ceil(per_block).clamp(1, NQ_V);
         k4.div_ceil(v)
     } else {
         k.div_ceil(8)
