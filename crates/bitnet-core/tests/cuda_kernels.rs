@@ -11,7 +11,7 @@ use bitnet_core::cuda::attention::{attention, attention_decode, DecodeScratch};
 use bitnet_core::cuda::head::{self, DevHead, HeadInput};
 use bitnet_core::cuda::ops::{self, AttnDims, RopeTables};
 use bitnet_core::cuda::ternary::{matmul, DevActs, DevTernary, Epilogue};
-use bitnet_core::cuda::{CudaDevice, Stream};
+use bitnet_core::cuda::{CudaDevice, DevBuf, Stream};
 use bitnet_core::nn::attention::{causal_attention, AttnShape};
 use bitnet_core::nn::bitlinear::{BitLinear, QuantizedActs};
 use bitnet_core::nn::norm::{rmsnorm, rmsnorm_quantize};
@@ -399,37 +399,65 @@ fn rope_kv_append_and_attention_match_cpu() {
                 // The split-over-positions decode kernel (twice: before sm_90 its per-head
                 // counters must be back at zero after each launch; then the wide form).
                 for rep in 0..3 {
-                    let wide = rep == 2;
-                    out.fill_bytes(&s, 0xFF).unwrap();
-                    attention_decode(
+                    let io = DecodeIo {
+                        qkv: &dqkv,
+                        kc: &kc,
+                        vc: &vc,
+                        ctl: &dctl,
+                    };
+                    check_decode_attention(
                         &dev,
                         &s,
-                        &dqkv,
-                        &kc,
-                        &vc,
+                        io,
                         &mut out,
-                        &dctl,
                         d,
                         &mut scratch,
-                        wide,
-                    )
-                    .unwrap();
-                    let e = rel_err(&out.read(&s, qd).unwrap(), &co);
-                    assert!(
-                        e <= 1e-5,
-                        "decode attention rel err {e} (heads {nh}/{nkv}, pos {pos}, rep {rep})"
+                        rep == 2,
+                        &co,
+                        pos,
                     );
-                    if rep > 0 {
-                        eprintln!(
-                            "decode attention rel err {e:.1e}: heads {nh}/{nkv} hd {hd} pos {pos}{}",
-                            if wide { " (wide)" } else { "" }
-                        );
-                    }
                 }
             }
             pos += m;
         }
     }
+}
+
+/// The device inputs of one decode attention launch.
+#[derive(Clone, Copy)]
+struct DecodeIo<'a> {
+    qkv: &'a DevBuf<f32>,
+    kc: &'a DevBuf<u16>,
+    vc: &'a DevBuf<u16>,
+    ctl: &'a DevBuf<i32>,
+}
+
+/// One decode attention launch (the 16-block form with `wide`) against the CPU's output
+/// `want`: within 1e-5 relative.
+#[allow(clippy::too_many_arguments)]
+fn check_decode_attention(
+    dev: &CudaDevice,
+    s: &Stream,
+    io: DecodeIo,
+    out: &mut DevBuf<f32>,
+    d: AttnDims,
+    scratch: &mut DecodeScratch,
+    wide: bool,
+    want: &[f32],
+    pos: usize,
+) {
+    out.fill_bytes(s, 0xFF).unwrap();
+    attention_decode(dev, s, io.qkv, io.kc, io.vc, out, io.ctl, d, scratch, wide).unwrap();
+    let e = rel_err(&out.read(s, want.len()).unwrap(), want);
+    let (nh, nkv, hd) = (d.n_heads, d.n_kv_heads, d.head_dim);
+    assert!(
+        e <= 1e-5,
+        "decode attention rel err {e} (heads {nh}/{nkv}, hd {hd}, pos {pos}, wide {wide})"
+    );
+    eprintln!(
+        "decode attention rel err {e:.1e}: heads {nh}/{nkv} hd {hd} pos {pos}{}",
+        if wide { " (wide)" } else { "" }
+    );
 }
 
 /// One-token decode attention at long contexts (hundreds of positions per block), the
@@ -472,29 +500,13 @@ fn decode_attention_at_long_contexts_matches_cpu() {
             let dqkv = dev.upload(&s, &qkv).unwrap();
             let mut out = dev.alloc::<f32>(nh * hd).unwrap();
             for wide in [false, true] {
-                out.fill_bytes(&s, 0xFF).unwrap();
-                attention_decode(
-                    &dev,
-                    &s,
-                    &dqkv,
-                    &kc,
-                    &vc,
-                    &mut out,
-                    &dctl,
-                    d,
-                    &mut scratch,
-                    wide,
-                )
-                .unwrap();
-                let e = rel_err(&out.read(&s, nh * hd).unwrap(), &co);
-                assert!(
-                    e <= 1e-5,
-                    "decode attention rel err {e} (heads {nh}/{nkv}, hd {hd}, pos {pos}, wide {wide})"
-                );
-                eprintln!(
-                    "decode attention rel err {e:.1e}: heads {nh}/{nkv} hd {hd} pos {pos}{}",
-                    if wide { " (wide)" } else { "" }
-                );
+                let io = DecodeIo {
+                    qkv: &dqkv,
+                    kc: &kc,
+                    vc: &vc,
+                    ctl: &dctl,
+                };
+                check_decode_attention(&dev, &s, io, &mut out, d, &mut scratch, wide, &co, pos);
             }
         }
     }
